@@ -1,0 +1,128 @@
+"""The converter: a Hugging Face Qwen3-Embedding checkpoint → a correct GGUF file.
+
+A pipeline of small steps — resolve the source, read config + safetensors, map tensor names,
+choose a type per tensor, quantize a row chunk at a time, write — whose only side effect is the
+final atomic rename. Installed as ``qembed_gguf.convert``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from qembed_gguf import __version__, registry
+from .checkpoint import Checkpoint
+from .mapping import Qwen3Params, TensorPlan, plan_tensors
+from .metadata import ModelInfo, write_metadata
+from .quantize import OUTTYPES, OutType, choose_type, encode_rows, get_outtype, llama_quantize
+from .source import Source, resolve_source
+from .tokenizer import read_vocab
+from .writer import TensorOut, atomic_output, temporary_path, write_gguf
+
+__all__ = ["convert", "OUTTYPES", "default_outfile"]
+
+log = logging.getLogger(__name__)
+
+_LOSSLESS_INTERMEDIATE = {frozenset({"BF16"}): "bf16", frozenset({"F16"}): "f16"}
+_CHUNK_BYTES = 32 << 20  # float32 bytes converted per step: bounds memory for any tensor size
+
+
+def default_outfile(name: str, outtype: OutType) -> Path:
+    return Path(f"{name}-{outtype.name.upper()}.gguf")
+
+
+def _model_info(source: Source, params: Qwen3Params, n_params: int) -> ModelInfo:
+    family = source.spec or registry.family_spec()
+    return ModelInfo(
+        name=source.spec.name if source.spec else source.label.rsplit("/", 1)[-1],
+        source=source.label,
+        mrl_min_dim=min(family.mrl_min_dim, params.hidden),
+        query_template=family.query_template,
+        default_task=family.default_task,
+        converter=f"qembed-gguf {__version__}",
+        n_params=n_params,
+    )
+
+
+def _write_python(ckpt: Checkpoint, plan: list[TensorPlan], params: Qwen3Params, vocab, info: ModelInfo,
+                  outtype: OutType, path: Path, *, quiet: bool) -> None:
+    """Write ``outtype`` (a Python-written type) to ``path``, streaming one row chunk at a time."""
+    tensors, sources = [], {}
+    for p in plan:
+        qtype, note = choose_type(p.gguf_name, p.shape, outtype)
+        if note:
+            log.warning("%s: %s", p.gguf_name, note)
+        t = TensorOut(p.gguf_name, p.shape, qtype)
+        tensors.append(t)
+        sources[t.name] = p.hf_name
+
+    def chunks(t: TensorOut):
+        for rows in ckpt.iter_rows_f32(sources[t.name], max_bytes=_CHUNK_BYTES):
+            yield encode_rows(rows, t.qtype)
+
+    bar = None
+    if not quiet:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(t.nbytes for t in tensors), unit="B", unit_scale=True, disable=None,
+                   desc=f"{outtype.name} {path.name[:24]}", leave=False)
+    try:
+        write_gguf(path, tensors, lambda w: write_metadata(w, params, vocab, info, outtype.file_type), chunks,
+                   progress=(lambda t: bar.update(t.nbytes)) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def convert(
+    src: str | os.PathLike[str],
+    *,
+    outtype: str = "q8_0",
+    outfile: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    revision: str | None = None,
+    quiet: bool = False,
+    threads: int | None = None,
+) -> Path:
+    """Convert a Qwen3-Embedding checkpoint into a GGUF file and return its path.
+
+    Args:
+        src: a local checkpoint folder, a registry name (``qwen3-embedding-4b``, ``tiny``) or a hub
+            id (``Qwen/Qwen3-Embedding-4B``, fetched with huggingface_hub; honours HF_HUB_OFFLINE).
+        outtype: one of :data:`OUTTYPES` — ``f32 f16 bf16 q8_0 q4_0`` (written in Python) or
+            ``q6_k q5_k_m q5_k_s q4_k_m q4_k_s q3_k_m`` (llama.cpp's quantizer). Default ``q8_0``.
+        outfile: output path; default ``./<name>-<OUTTYPE>.gguf``.
+        force: overwrite an existing ``outfile``.
+        revision: hub revision (branch, tag or commit) for hub ids.
+        quiet: no progress bar. (llama.cpp's quantizer log shows only at DEBUG log level.)
+        threads: threads for llama.cpp's quantizer (default: all cores).
+
+    Raises:
+        ConversionError (and subclasses) naming the file, key, tensor or byte offset at fault;
+        OutputExistsError when ``outfile`` exists and not ``force``. No partial file is left behind.
+    """
+    ot = get_outtype(outtype)
+    source = resolve_source(src, revision=revision)
+    with Checkpoint(source.folder) as ckpt:
+        params = Qwen3Params.from_config(ckpt.config)
+        plan = plan_tensors({name: ref.shape for name, ref in ckpt.tensors.items()}, params)
+        bos = ckpt.config.get("bos_token_id")
+        vocab = read_vocab(source.folder, vocab_size=params.vocab, bos_token_id=bos)
+        if not vocab.post_processor_eos:
+            log.warning("tokenizer.json has no TemplateProcessing post-processor appending <|endoftext|>; the GGUF "
+                        "still sets add_eos_token=true so that llama.cpp appends it")
+        info = _model_info(source, params, sum(p.n_elements for p in plan))
+        out = Path(outfile) if outfile is not None else default_outfile(info.name, ot)
+        log.info("converting %s (%d layers, hidden %d) to %s as %s", source.label, params.layers, params.hidden,
+                 out, ot.name)
+        with atomic_output(out, force=force) as tmp:
+            if not ot.by_llama:
+                _write_python(ckpt, plan, params, vocab, info, ot, tmp, quiet=quiet)
+            else:
+                inter = OUTTYPES[_LOSSLESS_INTERMEDIATE.get(frozenset(ckpt.dtypes), "f32")]
+                with temporary_path(out.parent, out.name + "." + inter.name) as inter_path:
+                    _write_python(ckpt, plan, params, vocab, info, inter, inter_path, quiet=quiet)
+                    llama_quantize(inter_path, tmp, ot, threads=threads)
+    log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
+    return out
+

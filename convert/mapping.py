@@ -1,0 +1,173 @@
+"""Qwen3 architecture knowledge, pure: config.json → :class:`Qwen3Params`, HF tensors → GGUF plan.
+
+Names are mapped with gguf-py's own table (``gguf.get_tensor_name_map``), which knows both the
+``model.``-prefixed names of Qwen3ForCausalLM checkpoints and the unprefixed names that the
+Qwen3-Embedding repositories use. Every tensor is accounted for: an unknown tensor, a missing one,
+a duplicate or a shape that config.json does not allow raises :class:`TensorMismatchError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import gguf
+
+from qembed_gguf.errors import CheckpointFormatError, TensorMismatchError, UnsupportedModelError
+
+__all__ = ["Qwen3Params", "TensorPlan", "plan_tensors"]
+
+SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen3Model")
+# tensors that carry no weights llama.cpp needs (recomputed at run time)
+_IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3Params:
+    """The hyper-parameters of a Qwen3 decoder, validated."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    context: int
+    rope_theta: float
+    rms_eps: float
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Qwen3Params":
+        archs = config.get("architectures") or []
+        if not isinstance(archs, list) or not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+            raise UnsupportedModelError(
+                f"config.json 'architectures' is {archs!r}; qembed-gguf converts Qwen3 embedding checkpoints "
+                f"({' or '.join(SUPPORTED_ARCHITECTURES)})")
+        if config.get("model_type", "qwen3") != "qwen3":
+            raise UnsupportedModelError(f"config.json 'model_type' is {config.get('model_type')!r}, expected 'qwen3'")
+        for key in ("attention_bias", "use_sliding_window"):
+            if config.get(key):
+                raise UnsupportedModelError(f"config.json '{key}' is true; Qwen3-Embedding models have none")
+        scaling = config.get("rope_scaling")
+        if scaling not in (None, {}) and not (isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type")) == "default"):
+            raise UnsupportedModelError(f"config.json 'rope_scaling' {scaling!r} is not supported")
+
+        def positive_int(key: str, default: int | None = None) -> int:
+            value = config.get(key, default)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise CheckpointFormatError(f"config.json '{key}' must be a positive integer, got {value!r}")
+            return value
+
+        def positive_float(key: str, default: float) -> float:
+            value = config.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise CheckpointFormatError(f"config.json '{key}' must be a positive number, got {value!r}")
+            return float(value)
+
+        hidden, heads = positive_int("hidden_size"), positive_int("num_attention_heads")
+        kv_heads = positive_int("num_key_value_heads", heads)
+        if heads % kv_heads:
+            raise CheckpointFormatError(f"config.json 'num_attention_heads' ({heads}) is not a multiple of "
+                                        f"'num_key_value_heads' ({kv_heads})")
+        head_dim = config.get("head_dim") or hidden // heads
+        return cls(
+            hidden=hidden,
+            layers=positive_int("num_hidden_layers"),
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=head_dim if isinstance(head_dim, int) and head_dim > 0 else positive_int("head_dim"),
+            ffn=positive_int("intermediate_size"),
+            vocab=positive_int("vocab_size"),
+            context=positive_int("max_position_embeddings", 32768),
+            rope_theta=positive_float("rope_theta", 1_000_000.0),
+            rms_eps=positive_float("rms_norm_eps", 1e-6),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """GGUF tensor name → HF (PyTorch-order) shape, for every tensor a Qwen3 GGUF holds."""
+        h, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (self.vocab, h)}
+        for i in range(self.layers):
+            b = f"blk.{i}."
+            shapes.update({
+                b + "attn_norm.weight": (h,),
+                b + "attn_q.weight": (q, h),
+                b + "attn_k.weight": (kv, h),
+                b + "attn_v.weight": (kv, h),
+                b + "attn_output.weight": (h, q),
+                b + "attn_q_norm.weight": (self.head_dim,),
+                b + "attn_k_norm.weight": (self.head_dim,),
+                b + "ffn_norm.weight": (h,),
+                b + "ffn_gate.weight": (self.ffn, h),
+                b + "ffn_up.weight": (self.ffn, h),
+                b + "ffn_down.weight": (h, self.ffn),
+            })
+        shapes["output_norm.weight"] = (h,)
+        return shapes
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorPlan:
+    """One tensor to write: its checkpoint name, GGUF name and (HF-order) shape."""
+
+    hf_name: str
+    gguf_name: str
+    shape: tuple[int, ...]
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+_HF_HINTS = {
+    "token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head",
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+
+
+def _hf_name_hint(gguf_name: str) -> str:
+    """The Qwen3-Embedding (unprefixed) checkpoint name of a GGUF tensor name, for messages."""
+    parts = gguf_name.removesuffix(".weight").split(".")
+    if parts[0] == "blk":
+        return f"layers.{parts[1]}.{_HF_HINTS[parts[2]]}.weight"
+    return f"{_HF_HINTS[parts[0]]}.weight"
+
+
+def plan_tensors(hf_shapes: Mapping[str, tuple[int, ...]], params: Qwen3Params) -> list[TensorPlan]:
+    """Map every checkpoint tensor to its GGUF name and check it against ``params``.
+
+    Returns the plan in llama.cpp's natural order (token_embd, blk.0 … blk.N-1, output_norm,
+    output). ``lm_head.weight`` (absent from Qwen3-Embedding repos) becomes ``output.weight``.
+    """
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, params.layers)
+    expected = params.expected_shapes()
+    expected["output.weight"] = (params.vocab, params.hidden)  # optional
+    plans: dict[str, TensorPlan] = {}
+    for hf_name, shape in hf_shapes.items():
+        if hf_name.endswith(_IGNORED_SUFFIXES):
+            continue
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None or gguf_name not in expected:
+            raise TensorMismatchError("not part of a Qwen3 embedding model (unknown name, or a layer index "
+                                      f"beyond num_hidden_layers={params.layers})", tensor=hf_name)
+        if gguf_name in plans:
+            raise TensorMismatchError(f"maps to {gguf_name!r}, as {plans[gguf_name].hf_name!r} does", tensor=hf_name)
+        if tuple(shape) != expected[gguf_name]:
+            raise TensorMismatchError(f"shape {list(shape)} but config.json implies {list(expected[gguf_name])}",
+                                      tensor=hf_name)
+        plans[gguf_name] = TensorPlan(hf_name, gguf_name, tuple(shape))
+    missing = [name for name in expected if name not in plans and name != "output.weight"]
+    if missing:
+        raise TensorMismatchError(f"missing from the checkpoint (GGUF name {missing[0]!r}; {len(missing)} "
+                                  f"missing in all)", tensor=_hf_name_hint(missing[0]))
+    order = {name: i for i, name in enumerate(expected)}
+    return sorted(plans.values(), key=lambda p: order[p.gguf_name])

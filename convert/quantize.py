@@ -1,0 +1,133 @@
+"""Output types, the per-tensor type policy (pure), row-chunk encoding, and llama.cpp's K-quant step.
+
+* f32 / f16 / bf16 / q8_0 / q4_0 are written here in Python with ``gguf.quants`` (Q8_0 and BF16
+  are bit-exact with libggml). The policy is llama.cpp's converter's: 1-D tensors and norms stay
+  F32; a tensor whose rows are not a multiple of the block size falls back to F16.
+* K-quants (q4_k_m, q5_k_m, q6_k …) are llama.cpp's own quantizer
+  (``llama_model_quantize`` through llama-cpp-python), run on a lossless intermediate GGUF.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from qembed_gguf.errors import BackendError, ConversionError
+
+__all__ = ["OutType", "OUTTYPES", "get_outtype", "choose_type", "encode_rows", "llama_quantize"]
+
+log = logging.getLogger(__name__)
+Q = gguf.GGMLQuantizationType
+FT = gguf.LlamaFileType
+
+
+@dataclasses.dataclass(frozen=True)
+class OutType:
+    """An output type: written by Python (``qtype`` set) or by llama.cpp's quantizer (``llama_ftype``)."""
+
+    name: str
+    file_type: gguf.LlamaFileType
+    description: str
+    qtype: gguf.GGMLQuantizationType | None = None   # Python path
+    llama_ftype: str | None = None                   # llama_cpp constant name, K-quant path
+
+    @property
+    def by_llama(self) -> bool:
+        return self.llama_ftype is not None
+
+
+OUTTYPES: dict[str, OutType] = {t.name: t for t in (
+    OutType("f32", FT.ALL_F32, "32-bit float, reference precision", qtype=Q.F32),
+    OutType("f16", FT.MOSTLY_F16, "16-bit float, lossless for bf16 weights in range", qtype=Q.F16),
+    OutType("bf16", FT.MOSTLY_BF16, "bfloat16, bit-exact copy of the released weights", qtype=Q.BF16),
+    OutType("q8_0", FT.MOSTLY_Q8_0, "8.5 bits/weight, near-lossless (default)", qtype=Q.Q8_0),
+    OutType("q4_0", FT.MOSTLY_Q4_0, "4.5 bits/weight, legacy 4-bit, fast on CPU", qtype=Q.Q4_0),
+    OutType("q6_k", FT.MOSTLY_Q6_K, "6.6 bits/weight, llama.cpp K-quant", llama_ftype="LLAMA_FTYPE_MOSTLY_Q6_K"),
+    OutType("q5_k_m", FT.MOSTLY_Q5_K_M, "~5.7 bits/weight, llama.cpp K-quant mix", llama_ftype="LLAMA_FTYPE_MOSTLY_Q5_K_M"),
+    OutType("q5_k_s", FT.MOSTLY_Q5_K_S, "~5.5 bits/weight, llama.cpp K-quant", llama_ftype="LLAMA_FTYPE_MOSTLY_Q5_K_S"),
+    OutType("q4_k_m", FT.MOSTLY_Q4_K_M, "~4.9 bits/weight, llama.cpp K-quant mix", llama_ftype="LLAMA_FTYPE_MOSTLY_Q4_K_M"),
+    OutType("q4_k_s", FT.MOSTLY_Q4_K_S, "~4.6 bits/weight, llama.cpp K-quant", llama_ftype="LLAMA_FTYPE_MOSTLY_Q4_K_S"),
+    OutType("q3_k_m", FT.MOSTLY_Q3_K_M, "~3.9 bits/weight, llama.cpp K-quant mix (lossy)", llama_ftype="LLAMA_FTYPE_MOSTLY_Q3_K_M"),
+)}
+
+
+def get_outtype(name: str) -> OutType:
+    try:
+        return OUTTYPES[name.lower()]
+    except KeyError:
+        raise ConversionError(f"unknown output type {name!r}; choose one of {', '.join(OUTTYPES)}") from None
+
+
+def choose_type(gguf_name: str, shape: tuple[int, ...], outtype: OutType) -> tuple[gguf.GGMLQuantizationType, str | None]:
+    """The GGML type of one tensor for a Python-written ``outtype``, and a note if it fell back.
+
+    ``shape`` is in HF order (rows, cols). Mirrors llama.cpp's convert_hf_to_gguf.py policy.
+    """
+    if outtype.qtype is None:
+        raise ValueError(f"{outtype.name} is written by llama.cpp's quantizer, not by choose_type")
+    if len(shape) <= 1 or gguf_name.endswith("_norm.weight"):
+        return Q.F32, None
+    qtype = outtype.qtype
+    block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    if shape[-1] % block:
+        return Q.F16, f"rows of {shape[-1]} are not a multiple of the {qtype.name} block size {block}: F16"
+    return qtype, None
+
+
+def row_nbytes(qtype: gguf.GGMLQuantizationType, cols: int) -> int:
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    return cols // block * type_size
+
+
+def encode_rows(rows_f32: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    """Encode a float32 chunk of whole rows as ``qtype`` (the bytes llama.cpp reads)."""
+    if qtype == Q.F32:
+        return np.ascontiguousarray(rows_f32, dtype=np.float32)
+    if qtype == Q.F16:
+        return rows_f32.astype(np.float16)
+    return gguf.quants.quantize(rows_f32, qtype)
+
+
+@contextlib.contextmanager
+def _silenced_stderr(enabled: bool):
+    """Mute C-level stderr (llama.cpp prints its quantize log there) unless ``enabled`` is False."""
+    if not enabled:
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def llama_quantize(src: Path, dst: Path, outtype: OutType, *, threads: int | None = None) -> None:
+    """Quantize GGUF ``src`` into ``dst`` with llama.cpp's quantizer (K-quants).
+
+    llama.cpp's per-tensor log (C stderr) is shown only when this module logs at DEBUG level.
+    """
+    try:
+        import llama_cpp
+    except ImportError as exc:  # pragma: no cover - a hard dependency
+        raise BackendError(f"llama-cpp-python is needed for {outtype.name}: {exc}") from exc
+    ftype = getattr(llama_cpp, outtype.llama_ftype or "", None)
+    if ftype is None:
+        raise BackendError(f"this llama-cpp-python build has no {outtype.llama_ftype}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads or os.cpu_count() or 1
+    with _silenced_stderr(not log.isEnabledFor(logging.DEBUG)):
+        llama_cpp.llama_backend_init()
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise BackendError(f"llama.cpp's quantizer failed with code {rc} while writing {outtype.name} ({dst})")

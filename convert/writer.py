@@ -1,0 +1,117 @@
+"""Streaming, atomic GGUF writing.
+
+gguf-py's :class:`gguf.GGUFWriter` encodes the header, key/values and tensor infos; tensor data is
+then streamed a row chunk at a time straight into the file, so memory does not grow with the
+model. Everything goes to a temporary file in the target folder that is renamed over the final
+name only when complete: an error or Ctrl-C leaves no partial ``.gguf`` behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import gguf
+import numpy as np
+
+from qembed_gguf.errors import ConversionError, OutputExistsError
+
+__all__ = ["TensorOut", "atomic_output", "temporary_path", "write_gguf"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorOut:
+    """One tensor as it will be stored: GGUF name, HF-order shape, GGML type and byte size."""
+
+    name: str
+    shape: tuple[int, ...]
+    qtype: gguf.GGMLQuantizationType
+
+    @property
+    def nbytes(self) -> int:
+        block, type_size = gguf.GGML_QUANT_SIZES[self.qtype]
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n // block * type_size
+
+
+@contextlib.contextmanager
+def temporary_path(folder: Path, name: str) -> Iterator[Path]:
+    """A fresh hidden file path in ``folder`` that is removed on exit, whatever happens."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
+    os.close(fd)
+    path = Path(tmp)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(final: Path, *, force: bool) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; on success fsync it and rename it to ``final``.
+
+    Refuses (before any work) to replace an existing ``final`` unless ``force``.
+    """
+    final = Path(final)
+    if final.is_dir():
+        raise OutputExistsError(f"output {final} is a folder; give a file name ending in .gguf")
+    if final.exists() and not force:
+        raise OutputExistsError(f"output {final} already exists; pass --force (force=True) to overwrite it")
+    if not final.parent.is_dir():
+        raise ConversionError(f"output folder {final.parent} does not exist")
+    with temporary_path(final.parent, final.name) as tmp:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if final.exists() and not force:  # appeared while we were working
+            raise OutputExistsError(f"output {final} appeared during conversion; not overwriting it")
+        os.replace(tmp, final)
+
+
+def write_gguf(
+    path: Path,
+    tensors: list[TensorOut],
+    add_metadata: Callable[[gguf.GGUFWriter], None],
+    chunks: Callable[[TensorOut], Iterable[np.ndarray]],
+    *,
+    progress: Callable[[TensorOut], None] | None = None,
+) -> None:
+    """Write a GGUF file: metadata via ``add_metadata(writer)``, data via ``chunks(tensor)``.
+
+    Each chunk is an array whose bytes are the next part of the tensor's stored data.
+    """
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN3])
+    try:
+        add_metadata(writer)
+        for t in tensors:
+            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
+        writer.write_header_to_file(path)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        fout = writer.fout[0]
+        align = writer.data_alignment
+        for t in tensors:
+            fout.write(b"\0" * (-fout.tell() % align))
+            written = 0
+            for chunk in chunks(t):
+                data = memoryview(np.ascontiguousarray(chunk)).cast("B")
+                fout.write(data)
+                written += data.nbytes
+            if written != t.nbytes:
+                raise ConversionError(f"tensor {t.name!r}: wrote {written} bytes, expected {t.nbytes}")
+            fout.write(b"\0" * (-written % align))
+            if progress is not None:
+                progress(t)
+        fout.flush()
+    finally:
+        writer.close()

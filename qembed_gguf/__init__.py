@@ -1,0 +1,54 @@
+"""qembed-gguf: Qwen3-Embedding models as quantized GGUF files, run through llama.cpp, offline.
+
+Public API::
+
+    from qembed_gguf import convert            # HF checkpoint → GGUF
+    from qembed_gguf import read_gguf_info     # what a GGUF file holds, and what it lacks
+    from qembed_gguf import registry, errors   # supported models; the error hierarchy
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import errors, registry  # noqa: E402
+from .errors import (  # noqa: E402
+    BackendError,
+    CheckpointFormatError,
+    ConversionError,
+    InputError,
+    InputTooLongError,
+    ModelLoadError,
+    OutputExistsError,
+    QembedError,
+    TensorMismatchError,
+    UnknownModelError,
+    UnsupportedModelError,
+)
+from .fileinfo import GGUFInfo, read_gguf_info  # noqa: E402
+
+# The subpackage qembed_gguf.convert (repository folder convert/) holds the converter; this
+# rebinds the package attribute to its entry-point function, so `qembed_gguf.convert(src, ...)`
+# works while `from qembed_gguf.convert import OUTTYPES` still finds the module.
+from .convert import convert  # noqa: E402
+
+
+__all__ = [
+    "__version__",
+    "convert",
+    "read_gguf_info",
+    "GGUFInfo",
+    "errors",
+    "registry",
+    "QembedError",
+    "ConversionError",
+    "CheckpointFormatError",
+    "UnsupportedModelError",
+    "TensorMismatchError",
+    "OutputExistsError",
+    "ModelLoadError",
+    "UnknownModelError",
+    "BackendError",
+    "InputError",
+    "InputTooLongError",
+]

@@ -1,0 +1,159 @@
+"""The ``qembed-gguf`` command: a thin click layer over the library.
+
+Library errors (:class:`QembedError`) become one-line messages and exit code 1 here, and only
+here; usage errors exit with 2 (click's convention).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import click
+
+from . import __version__, backend, registry
+from .errors import QembedError
+
+log = logging.getLogger("qembed_gguf")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2:  # keep third-party chatter down unless asked
+        for name in ("gguf", "huggingface_hub", "filelock"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _library_errors(func):
+    """Translate library errors into click errors at the boundary."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except QembedError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        except backend.PresetError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; no partial output was left behind", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qembed-gguf")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
+    """Qwen3-Embedding models as quantized GGUF files, run through llama.cpp, offline."""
+    ctx.obj = {"verbose": verbose}
+
+
+@main.command()
+@click.argument("src")
+@click.option("--outtype", "-t", default="q8_0", show_default=True,
+              type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s",
+                                 "q3_k_m"], case_sensitive=False),
+              help="Output type: f32/f16/bf16/q8_0/q4_0 written in Python; K-quants by llama.cpp's quantizer.")
+@click.option("--outfile", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Output .gguf path [default: ./<name>-<OUTTYPE>.gguf].")
+@click.option("--force", "-f", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) for hub ids.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for llama.cpp's quantizer.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary, warnings only.")
+@click.pass_context
+@_library_errors
+def convert(ctx, src, outtype, outfile, force, revision, threads, quiet):
+    """Convert SRC (a checkpoint folder, a model name or a hub id) to GGUF.
+
+    \b
+    Examples:
+      qembed-gguf convert tiny -o tiny.gguf
+      qembed-gguf convert Qwen/Qwen3-Embedding-4B --outtype q4_k_m
+      HF_HUB_OFFLINE=1 qembed-gguf convert ./Qwen3-Embedding-0.6B -t f16
+    """
+    from .convert import convert as run_convert
+    from .fileinfo import read_gguf_info
+    from .report import render_summary
+
+    _setup_logging(ctx.obj["verbose"], quiet)
+    out = run_convert(src, outtype=outtype.lower(), outfile=outfile, force=force, revision=revision,
+                      quiet=quiet, threads=threads)
+    if not quiet:
+        click.echo(render_summary(read_gguf_info(out)))
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@_library_errors
+def info(ctx, file, as_json):
+    """Show what a GGUF file holds and whether it is right for Qwen3 embeddings.
+
+    Exits with 3 when the file lacks something correct embeddings need.
+    """
+    from .fileinfo import read_gguf_info
+    from .report import render_info
+
+    _setup_logging(ctx.obj["verbose"], quiet=True)
+    gi = read_gguf_info(file)
+    problems = gi.problems()
+    if as_json:
+        meta = {k: (v if isinstance(v, (str, int, float, bool)) or v is None else repr(v))
+                for k, v in gi.metadata.items() if not k.startswith("tokenizer.ggml.") or not hasattr(v, "__len__")}
+        click.echo(json.dumps({
+            "path": str(gi.path), "file_size": gi.file_size, "architecture": gi.architecture, "dim": gi.dim,
+            "layers": gi.layers, "pooling": gi.pooling, "eos_token": gi.eos_token, "file_type": gi.file_type,
+            "bits_per_weight": round(gi.bits_per_weight, 4), "type_mix": gi.type_mix, "problems": problems,
+            "metadata": meta,
+        }, indent=2))
+    else:
+        click.echo(render_info(gi))
+    if problems:
+        sys.exit(3)
+
+
+@main.command("models")
+def list_models():
+    """List the models qembed-gguf knows by name."""
+    for spec in registry.all_specs():
+        where = spec.hub_id or f"bundled ({spec.bundled})"
+        note = "" if spec.semantic else "  [random weights, non-semantic]"
+        click.echo(f"{spec.name:24} {where:34} dim {spec.dim:5}  layers {spec.layers:3}  "
+                   f"MRL {spec.mrl_min_dim}..{spec.dim}{note}")
+
+
+@main.group("backend")
+def backend_group():
+    """llama.cpp backend builds from CMakePresets.json."""
+
+
+@backend_group.command("presets")
+@_library_errors
+def backend_presets():
+    """List the build presets and their CMake arguments."""
+    for p in backend.load_presets().values():
+        click.echo(f"{p.name:11} {p.display_name}\n            {' '.join(backend.cmake_args(p))}")
+
+
+@backend_group.command("install")
+@click.option("--preset", required=True, help="A CMakePresets.json preset: cpu-native, cuda-sm75, cuda-sm86, cuda-sm89.")
+@click.option("--version", "version", default=backend.LLAMA_CPP_PYTHON_VERSION, show_default=True,
+              help="llama-cpp-python version to build.")
+@click.option("--dry-run", is_flag=True, help="Print the command without running it.")
+@_library_errors
+def backend_install(preset, version, dry_run):
+    """Rebuild llama-cpp-python from source with a preset's CMake arguments."""
+    env, argv = backend.install_command(backend.get_preset(preset), version=version)
+    click.echo(backend.format_command(env, argv))
+    if dry_run:
+        return
+    rc = subprocess.call(argv, env={**os.environ, **env})
+    if rc:
+        raise click.ClickException(f"pip exited with {rc}")

@@ -1,0 +1,109 @@
+"""The one exception hierarchy of qembed-gguf.
+
+Every error the library raises on purpose is a :class:`QembedError`. Each concrete class also
+subclasses the builtin that matches its meaning, so that callers' existing ``except ValueError`` /
+``except FileExistsError`` clauses keep working::
+
+    QembedError
+    ├── ConversionError(ValueError)          the checkpoint cannot become a correct GGUF
+    │   ├── CheckpointFormatError            a safetensors/config/tokenizer file is malformed
+    │   ├── UnsupportedModelError            not a Qwen3 (embedding) checkpoint, or a pickle
+    │   └── TensorMismatchError              unknown, missing or wrongly shaped tensor
+    ├── OutputExistsError(FileExistsError)   refusing to overwrite without ``force``
+    ├── ModelLoadError(OSError)              a GGUF cannot be opened / read / loaded
+    ├── UnknownModelError(LookupError)       a name is not in the registry
+    ├── BackendError(RuntimeError)           llama.cpp / llama-cpp-python cannot do what was asked
+    └── InputError(ValueError)               bad user input
+        └── InputTooLongError                an input exceeds ``max_tokens`` with truncate=False
+
+Messages always name *where* the problem is (a file, a tensor, a key, a byte offset, an input
+index), and the same facts are available as attributes for programs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "QembedError",
+    "ConversionError",
+    "CheckpointFormatError",
+    "UnsupportedModelError",
+    "TensorMismatchError",
+    "OutputExistsError",
+    "ModelLoadError",
+    "UnknownModelError",
+    "BackendError",
+    "InputError",
+    "InputTooLongError",
+]
+
+
+class QembedError(Exception):
+    """Base class of every error raised on purpose by qembed-gguf."""
+
+
+class ConversionError(QembedError, ValueError):
+    """A checkpoint cannot be converted into a correct GGUF file."""
+
+
+class CheckpointFormatError(ConversionError):
+    """A checkpoint file (safetensors, config.json, tokenizer.json …) is malformed.
+
+    ``path`` is the offending file and ``offset`` the byte offset where it went wrong, if known.
+    """
+
+    def __init__(self, message: str, *, path: Path | str | None = None, offset: int | None = None):
+        where = []
+        if path is not None:
+            where.append(str(path))
+        if offset is not None:
+            where.append(f"byte offset {offset}")
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+        self.path = Path(path) if path is not None else None
+        self.offset = offset
+
+
+class UnsupportedModelError(ConversionError):
+    """The checkpoint is not something qembed-gguf converts (architecture, pickle format …)."""
+
+
+class TensorMismatchError(ConversionError):
+    """A tensor is unknown, missing, or has a shape/dtype that config.json does not allow."""
+
+    def __init__(self, message: str, *, tensor: str):
+        super().__init__(f"tensor {tensor!r}: {message}")
+        self.tensor = tensor
+
+
+class OutputExistsError(QembedError, FileExistsError):
+    """The output file exists and ``force`` was not given."""
+
+
+class ModelLoadError(QembedError, OSError):
+    """A GGUF file cannot be read or loaded."""
+
+
+class UnknownModelError(QembedError, LookupError):
+    """A model name is neither a registry entry nor a path."""
+
+    def __str__(self) -> str:  # LookupError's str() would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class BackendError(QembedError, RuntimeError):
+    """llama.cpp (through llama-cpp-python) failed or lacks a needed feature."""
+
+
+class InputError(QembedError, ValueError):
+    """Bad input given to the library."""
+
+
+class InputTooLongError(InputError):
+    """An input has more tokens than allowed and truncation is off."""
+
+    def __init__(self, message: str, *, index: int, n_tokens: int, max_tokens: int):
+        super().__init__(message)
+        self.index = index
+        self.n_tokens = n_tokens
+        self.max_tokens = max_tokens

@@ -3,12 +3,18 @@
 A pipeline of small steps — resolve the source, read config + safetensors, map tensor names,
 choose a type per tensor, quantize a row chunk at a time, write — whose only side effect is the
 final atomic rename. Installed as ``qembed_gguf.convert``.
+
+The module is itself callable — ``qembed_gguf.convert(src, outtype=...)`` is
+:func:`qembed_gguf.convert.convert` — so the package keeps one name for both the subpackage and
+its entry point without one shadowing the other.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import types
 from pathlib import Path
 
 from qembed_gguf import __version__, registry
@@ -126,3 +132,13 @@ def convert(
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out
 
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``qembed_gguf.convert(...)`` call :func:`convert` while staying the subpackage."""
+
+    def __call__(self, *args, **kwargs) -> Path:
+        return convert(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

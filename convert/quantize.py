@@ -126,8 +126,17 @@ def llama_quantize(src: Path, dst: Path, outtype: OutType, *, threads: int | Non
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or os.cpu_count() or 1
-    with _silenced_stderr(not log.isEnabledFor(logging.DEBUG)):
-        llama_cpp.llama_backend_init()
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    show = log.isEnabledFor(logging.DEBUG)
+    # llama-cpp-python routes llama.cpp's log through this logger's level; C code may also write
+    # to fd 2 directly, hence both
+    bindings_log = logging.getLogger("llama-cpp-python")
+    saved_level = bindings_log.level
+    bindings_log.setLevel(logging.DEBUG if show else logging.ERROR)
+    try:
+        with _silenced_stderr(not show):
+            llama_cpp.llama_backend_init()
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    finally:
+        bindings_log.setLevel(saved_level)
     if rc != 0:
         raise BackendError(f"llama.cpp's quantizer failed with code {rc} while writing {outtype.name} ({dst})")

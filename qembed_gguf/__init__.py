@@ -27,10 +27,9 @@ from .errors import (  # noqa: E402
 )
 from .fileinfo import GGUFInfo, read_gguf_info  # noqa: E402
 
-# The subpackage qembed_gguf.convert (repository folder convert/) holds the converter; this
-# rebinds the package attribute to its entry-point function, so `qembed_gguf.convert(src, ...)`
-# works while `from qembed_gguf.convert import OUTTYPES` still finds the module.
-from .convert import convert  # noqa: E402
+# The subpackage qembed_gguf.convert (repository folder convert/) is callable:
+# `qembed_gguf.convert(src, outtype=..., outfile=...)` runs qembed_gguf.convert.convert.
+from . import convert  # noqa: E402
 
 
 __all__ = [

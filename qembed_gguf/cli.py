@@ -157,3 +157,7 @@ def backend_install(preset, version, dry_run):
     rc = subprocess.call(argv, env={**os.environ, **env})
     if rc:
         raise click.ClickException(f"pip exited with {rc}")
+
+
+if __name__ == "__main__":  # python -m qembed_gguf.cli
+    main()

@@ -103,13 +103,14 @@ class GGUFInfo:
         return keys.FORMAT in self.metadata
 
     def fallbacks(self) -> list[TensorInfo]:
-        """2-D tensors that could not take the file's main type: their row length (ne0) is not a
-        multiple of its block size, so they were stored in another type (llama.cpp's rule)."""
-        if not self.tensors:
+        """2-D tensors that could not take the file type's base quantization because their row
+        length (ne0) is not a multiple of its block size; llama.cpp stored them in another type."""
+        base = self.file_type.removesuffix("_M").removesuffix("_S").removesuffix("_L")
+        try:
+            block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[base]][0]
+        except KeyError:
             return []
-        main = max(self.type_mix, key=lambda k: self.type_mix[k][1])
-        block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[main]][0]
-        return [t for t in self.tensors if len(t.shape) > 1 and t.type != main and t.shape[0] % block]
+        return [t for t in self.tensors if len(t.shape) > 1 and t.shape[0] % block]
 
     def problems(self) -> list[str]:
         """What this file lacks for correct Qwen3-Embedding vectors (empty when all is well)."""

@@ -1,0 +1,148 @@
+"""Shared fixtures: generated checkpoints, our conversions, and the independent references
+(llama.cpp's own converter from the llama-cpp-python sdist; HF transformers on the same folder)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qembed_gguf import registry
+from qembed_gguf.synthetic import SHAPES, write_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SDIST_CACHE = ROOT / ".cache" / "llama-cpp-python-sdist"
+
+# The multilingual probe set of the issue: English, Chinese, Japanese, Korean, Russian, code,
+# emoji, the empty string; plus mixed-script and whitespace-heavy inputs.
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "我想在apple工作，今天天气很好。",
+    "東京は日本の首都です。電車で行きます。",
+    "서울은 한국의 수도입니다.",
+    "Москва — столица России, и это большой город.",
+    "def square(x):\n    return x ** 2  # numpy.array([1, 2, 3])",
+    "🚀🦙 emoji test 🎉👍",
+    "",
+    "  leading and   multiple   spaces\t\tand tabs\n\n\nnew lines 3.14159 1234567",
+    "Mixed: English 中文 日本語 한국어 русский 😀 I'll we've 'RE",
+]
+
+
+def pytest_report_header(config):
+    return f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    return registry.bundled_dir(registry.get_spec("tiny"))
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tiny_dir, tmp_path_factory) -> dict[str, Path]:
+    """'tiny': the bundled model (hidden 256, single file, unprefixed names);
+    'odd': hidden 96, 3 layers, sharded into 2 files with an index, `model.`-prefixed names, a
+    vocab padded past the tokenizer, rows that are not multiples of 256 (K-quant fallbacks)."""
+    odd = tmp_path_factory.mktemp("ckpt") / "odd-qwen3-embedding"
+    write_checkpoint(odd, SHAPES["odd"], tokenizer_from=tiny_dir, seed=1, shards=2, prefix="model.")
+    return {"tiny": tiny_dir, "odd": odd}
+
+
+# -- our converter, cached per (shape, outtype) ------------------------------------------------------
+@pytest.fixture(scope="session")
+def converted(checkpoints, tmp_path_factory):
+    from qembed_gguf import convert
+
+    out_dir = tmp_path_factory.mktemp("ours")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(shape: str, outtype: str) -> Path:
+        if (shape, outtype) not in cache:
+            cache[shape, outtype] = convert(checkpoints[shape], outtype=outtype, outfile=out_dir / f"{shape}-{outtype}.gguf",
+                                            quiet=True)
+        return cache[shape, outtype]
+
+    return get
+
+
+# -- reference 1: llama.cpp's own converter ---------------------------------------------------------
+def _llama_cpp_source() -> Path:
+    """vendor/llama.cpp of the installed llama-cpp-python version's sdist (downloaded once, cached)."""
+    if os.environ.get("QEMBED_LLAMA_CPP_DIR"):
+        return Path(os.environ["QEMBED_LLAMA_CPP_DIR"])
+    version = importlib.metadata.version("llama-cpp-python")
+    base = SDIST_CACHE / f"llama_cpp_python-{version}"
+    target = base / "vendor" / "llama.cpp"
+    if (target / "convert_hf_to_gguf.py").is_file():
+        return target
+    tarball = SDIST_CACHE / f"llama_cpp_python-{version}.tar.gz"
+    if not tarball.is_file():
+        SDIST_CACHE.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
+                               f"llama-cpp-python=={version}", "-d", str(SDIST_CACHE)],
+                              capture_output=True, text=True, timeout=1200)
+        if proc.returncode or not tarball.is_file():
+            pytest.skip(f"REFERENCE UNAVAILABLE: could not obtain the llama-cpp-python {version} sdist "
+                        f"(pip download failed: {proc.stderr.strip()[-400:]})")
+    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+    wanted = (prefix + "convert_hf_to_gguf.py", prefix + "conversion/", prefix + "gguf-py/")
+    with tarfile.open(tarball) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(wanted)]
+        tar.extractall(SDIST_CACHE, members=members, filter="data")
+    return target
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_dir() -> Path:
+    return _llama_cpp_source()
+
+
+@pytest.fixture(scope="session")
+def reference_converted(checkpoints, llama_cpp_dir, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("reference")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(shape: str, outtype: str) -> Path:
+        if (shape, outtype) not in cache:
+            out = out_dir / f"{shape}-{outtype}.gguf"
+            proc = subprocess.run(
+                [sys.executable, str(ROOT / "tests" / "reference_convert.py"), str(llama_cpp_dir),
+                 str(checkpoints[shape]), "--outtype", outtype, "--outfile", str(out)],
+                capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, f"llama.cpp's converter failed:\n{proc.stderr[-3000:]}"
+            cache[shape, outtype] = out
+        return cache[shape, outtype]
+
+    return get
+
+
+# -- reference 2: HF transformers, last-token pooling, normalised ------------------------------------
+@pytest.fixture(scope="session")
+def hf_reference(checkpoints):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cache: dict[str, tuple[object, np.ndarray]] = {}
+
+    def get(shape: str, texts=tuple(TEXTS)):
+        key = (shape, texts)
+        if key not in cache:
+            folder = checkpoints[shape]
+            tok = transformers.AutoTokenizer.from_pretrained(folder)
+            model = transformers.AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+            vectors = []
+            with torch.no_grad():
+                for text in texts:
+                    ids = tok(text, return_tensors="pt")
+                    hidden = model(**ids).last_hidden_state[0, -1].double().numpy()
+                    vectors.append(hidden / np.linalg.norm(hidden))
+            cache[key] = (tok, np.stack(vectors))
+        return cache[key]
+
+    return get

@@ -1,0 +1,71 @@
+"""The distribution's shape: the converter installs as qembed_gguf.convert (no top-level
+`convert` or `models` module), data files ship, CMakePresets.json is a valid preset file whose
+cpu-native preset is what CI builds llama-cpp-python with."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qembed_gguf import backend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_no_top_level_convert_module_installed():
+    dist = importlib.metadata.distribution("qembed-gguf")
+    direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
+    if direct_url.get("dir_info", {}).get("editable"):
+        pytest.skip("editable install: its file list is the source tree; CI checks a real install")
+    files = [str(f) for f in dist.files or []]
+    stray = [f for f in files if not f.startswith(("qembed_gguf/", "qembed_gguf-")) and "/bin/" not in f
+             and not f.startswith("../")]
+    assert stray == [], stray
+    assert "qembed_gguf/convert/checkpoint.py" in files
+    assert "qembed_gguf/models/tiny-qwen3-embedding/model.safetensors" in files
+    assert "qembed_gguf/CMakePresets.json" in files
+    code = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('convert') is None else 1)"
+    assert subprocess.run([sys.executable, "-c", code], cwd="/").returncode == 0
+
+
+def test_cmake_presets_valid():
+    presets = backend.load_presets(ROOT / "CMakePresets.json")
+    assert set(presets) == {"cpu-native", "cuda-sm75", "cuda-sm86", "cuda-sm89"}
+    assert presets["cpu-native"].cache_variables["GGML_NATIVE"] == "ON"
+    assert presets["cpu-native"].cache_variables["LLAVA_BUILD"] == "OFF"
+    for arch in ("75", "86", "89"):
+        assert presets[f"cuda-sm{arch}"].cache_variables["CMAKE_CUDA_ARCHITECTURES"] == arch
+    if shutil.which("cmake"):
+        proc = subprocess.run(["cmake", "--list-presets"], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        for name in presets:
+            assert f'"{name}"' in proc.stdout
+
+
+def test_packaged_presets_are_the_repository_file():
+    assert json.loads(backend.presets_path().read_text()) == json.loads((ROOT / "CMakePresets.json").read_text())
+
+
+def test_backend_script_runs_without_the_package():
+    """CI computes CMAKE_ARGS with this before anything is installed."""
+    proc = subprocess.run([sys.executable, "-S", str(ROOT / "qembed_gguf" / "backend.py"), "cmake-args", "cpu-native"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                                   "-DLLAMA_BUILD_TESTS=OFF", "-DLLAVA_BUILD=OFF"]
+
+
+def test_llama_cpp_built_native():
+    """The installed llama.cpp reports the CPU features the cpu-native preset enables here."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    info = llama_cpp.llama_print_system_info().decode()
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if " avx2 " in flags:
+        assert "AVX2 = 1" in info, info

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import filecmp
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bundled_model_regenerates_bit_for_bit(tmp_path, tiny_dir):
     pytest.importorskip("tokenizers")
-    work = tmp_path / "repo"
-    (work / "tools").mkdir(parents=True)
-    shutil.copy(ROOT / "tools" / "make_tiny_model.py", work / "tools")
-    shutil.copytree(ROOT / "qembed_gguf", work / "qembed_gguf", symlinks=True)
-    proc = subprocess.run([sys.executable, str(work / "tools" / "make_tiny_model.py")], capture_output=True, text=True,
-                          cwd=work)
+    fresh = tmp_path / "tiny-qwen3-embedding"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "make_tiny_model.py"), "--out", str(fresh)],
+                          capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    fresh = work / "models" / "tiny-qwen3-embedding"
     files = sorted(str(p.relative_to(tiny_dir)) for p in tiny_dir.rglob("*") if p.is_file())
     assert sorted(str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file()) == files
     match, mismatch, errors = filecmp.cmpfiles(tiny_dir, fresh, files, shallow=False)

@@ -1,23 +1,25 @@
 #!/usr/bin/env python3
 """Regenerate the bundled demo checkpoint ``models/tiny-qwen3-embedding/`` deterministically.
 
-    python tools/make_tiny_model.py            # rewrites models/tiny-qwen3-embedding/
+    python tools/make_tiny_model.py                 # rewrites models/tiny-qwen3-embedding/
+    python tools/make_tiny_model.py --out DIR       # writes the same files into DIR
 
 It trains a real byte-level BPE (Qwen2 pre-tokenizer regex, NFC normaliser, the Qwen3 added
 tokens, the ``<|endoftext|>`` TemplateProcessing post-processor) on a seeded synthetic multilingual
 corpus, writes the sentence-transformers side files, and random bf16 weights with the Qwen3 layout.
 The weights are random: the model is NON-SEMANTIC and exists only to exercise the pipeline.
 
-Needs the ``tokenizers`` package (in the ``test`` extra); the runtime never imports this script.
+Needs qembed-gguf installed (for ``qembed_gguf.synthetic``) and the ``tokenizers`` package (in the
+``test`` extra); the runtime never imports this script.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import random
 import shutil
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,16 +155,18 @@ run offline. Regenerate with `python tools/make_tiny_model.py`.
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=OUT, help=f"output folder (default: {OUT.relative_to(ROOT)})")
+    out_dir = ap.parse_args().out
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.path.insert(0, str(ROOT))
     from qembed_gguf.synthetic import SHAPES, write_checkpoint
 
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    (OUT / "1_Pooling").mkdir(parents=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    (out_dir / "1_Pooling").mkdir(parents=True)
     tok = train_tokenizer()
-    tok.save(str(OUT / "tokenizer.json"), pretty=False)
-    write_json = lambda name, obj: (OUT / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", "utf-8")  # noqa: E731
+    tok.save(str(out_dir / "tokenizer.json"), pretty=False)
+    write_json = lambda name, obj: (out_dir / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", "utf-8")  # noqa: E731
     write_json("tokenizer_config.json", tokenizer_config(tok))
     write_json("modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -180,11 +184,11 @@ def main() -> None:
         "prompts": {"query": f"Instruct: {DEFAULT_TASK}\nQuery:", "document": ""},
         "default_prompt_name": None, "similarity_fn_name": "cosine",
     })
-    (OUT / "2_Normalize").mkdir()
-    (OUT / "2_Normalize" / ".keep").write_text("")
-    (OUT / "README.md").write_text(README, "utf-8")
-    write_checkpoint(OUT, SHAPES["tiny"], tokenizer_from=OUT, seed=0, name="tiny-qwen3-embedding")
-    logging.info("wrote %s", OUT)
+    (out_dir / "2_Normalize").mkdir()
+    (out_dir / "2_Normalize" / ".keep").write_text("")
+    (out_dir / "README.md").write_text(README, "utf-8")
+    write_checkpoint(out_dir, SHAPES["tiny"], tokenizer_from=out_dir, seed=0, name="tiny-qwen3-embedding")
+    logging.info("wrote %s", out_dir)
 
 
 if __name__ == "__main__":

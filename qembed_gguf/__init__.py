@@ -2,6 +2,7 @@
 
 Public API::
 
+    from qembed_gguf import Embedder           # texts → float32 vectors (numpy)
     from qembed_gguf import convert            # HF checkpoint → GGUF
     from qembed_gguf import read_gguf_info     # what a GGUF file holds, and what it lacks
     from qembed_gguf import registry, errors   # supported models; the error hierarchy
@@ -25,6 +26,7 @@ from .errors import (  # noqa: E402
     UnknownModelError,
     UnsupportedModelError,
 )
+from .embedder import Embedder  # noqa: E402
 from .fileinfo import GGUFInfo, read_gguf_info  # noqa: E402
 
 # The subpackage qembed_gguf.convert (repository folder convert/) is callable:
@@ -34,6 +36,7 @@ from . import convert  # noqa: E402
 
 __all__ = [
     "__version__",
+    "Embedder",
     "convert",
     "read_gguf_info",
     "GGUFInfo",

@@ -1,0 +1,350 @@
+"""The Embedder: Qwen3-Embedding vectors from a GGUF file, correct whatever the file's metadata.
+
+The recipe (../shared/QWEN3_EMBEDDING.md), applied here rather than trusted to the file:
+
+1. queries are formatted ``Instruct: {task}\\nQuery:{text}``; documents are raw text;
+2. text is tokenized without BOS and with special-token text left as text, then the pooling
+   token ``<|endoftext|>`` is appended exactly once;
+3. the context pools LAST (forced), so the vector is the hidden state of that token;
+4. Matryoshka truncation to ``dim``, THEN L2 normalisation, in numpy.
+
+Inputs are tokenized once, packed into decode batches by a token budget (longest first) and
+returned in input order. Nothing is cut silently: inputs longer than ``max_tokens`` are either
+truncated with a warning (``truncate=True``, the default, keeping the pooling token last) or
+rejected with :class:`InputTooLongError` (``truncate=False``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import keys, registry
+from .batching import plan_batches
+from .errors import InputError, InputTooLongError, ModelLoadError
+from .fileinfo import GGUFInfo, read_gguf_info
+from .modelcache import resolve_model
+from .postprocess import PRECISIONS, check_finite, l2_normalize, quantize_embeddings, truncate_dim
+from .runtime import LlamaRuntime
+
+__all__ = ["Embedder", "ModelFacts"]
+
+log = logging.getLogger(__name__)
+
+POOLING_TOKEN = "<|endoftext|>"
+DEFAULT_MAX_TOKENS = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+    """What the Embedder uses from the file, with the registry as fallback."""
+
+    dim: int
+    mrl_min_dim: int
+    query_template: str
+    default_task: str
+    context: int
+
+
+def _facts(info: GGUFInfo) -> ModelFacts:
+    family = registry.family_spec()
+    dim = info.dim
+    if not isinstance(dim, int) or dim <= 0:
+        raise ModelLoadError(f"{info.path}: no valid embedding_length in the GGUF metadata")
+    template = info.get(keys.QUERY_TEMPLATE) or family.query_template
+    if "{task}" not in template or "{text}" not in template:
+        log.warning("%s: qembed.query_template %r lacks {task}/{text}; using the registry's", info.path, template)
+        template = family.query_template
+    return ModelFacts(
+        dim=dim,
+        mrl_min_dim=min(info.get(keys.MRL_MIN_DIM) or family.mrl_min_dim, dim),
+        query_template=template,
+        default_task=info.get(keys.DEFAULT_TASK) or family.default_task,
+        context=info.arch_key("context_length") or family.context,
+    )
+
+
+def _check_texts(texts: str | Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
+    return texts
+
+
+class Embedder:
+    """Embed texts with a Qwen3-Embedding GGUF model through llama.cpp.
+
+    Args:
+        model: a ``.gguf`` file; or a checkpoint folder, registry name (``qwen3-embedding-0.6b``,
+            ``tiny``) or hub id, converted once to ``convert_type`` into ``cache_dir`` and reused.
+        n_gpu_layers: layers to offload to the GPU (-1: all). Ignored, with a log line, on a
+            CPU-only llama.cpp build.
+        n_threads: CPU threads (default: all cores).
+        max_tokens: longest input, in tokens including the pooling token (default
+            min(8192, the model's trained context)).
+        batch_tokens: token budget of one decode batch (default ``max(max_tokens, 2048)``); it
+            sets the context size, so it bounds the KV-cache memory.
+        n_ubatch: llama.cpp micro-batch size (tokens computed together).
+        dim: default output dimension (Matryoshka), in ``[mrl_min_dim, full dim]``; None = full.
+        normalize: L2-normalise outputs by default.
+        truncate: True: inputs longer than ``max_tokens`` are cut (keeping the pooling token last)
+            with one warning per call; False: they raise :class:`InputTooLongError`.
+        flash_attn: llama.cpp flash attention; None lets llama.cpp decide.
+        verbose: show llama.cpp's own log.
+        cache_dir, convert_type, revision: where and how checkpoints are converted.
+
+    One Embedder may be shared by threads: calls into llama.cpp are serialised internally.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        n_gpu_layers: int = 0,
+        n_threads: int | None = None,
+        max_tokens: int | None = None,
+        batch_tokens: int | None = None,
+        n_ubatch: int = 512,
+        max_batch_sequences: int = 64,
+        dim: int | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+        flash_attn: bool | None = None,
+        use_mmap: bool = True,
+        verbose: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
+        convert_type: str = "q8_0",
+        revision: str | None = None,
+    ):
+        self.path = resolve_model(model, cache_dir=cache_dir, outtype=convert_type, revision=revision)
+        self.info = read_gguf_info(self.path)
+        if self.info.architecture != "qwen3":
+            raise ModelLoadError(f"{self.path}: architecture {self.info.architecture!r} is not a Qwen3 embedding model")
+        self.facts = _facts(self.info)
+        for problem in self.info.problems():
+            log.warning("%s: %s — corrected at run time (pooling LAST forced, <|endoftext|> appended)",
+                        self.path.name, problem)
+
+        self._max_tokens = self._check_positive("max_tokens", max_tokens or min(DEFAULT_MAX_TOKENS, self.facts.context))
+        self._batch_tokens = self._check_positive("batch_tokens", batch_tokens or max(self._max_tokens, 2048))
+        if self._batch_tokens < self._max_tokens:
+            raise InputError(f"batch_tokens ({self._batch_tokens}) must be >= max_tokens ({self._max_tokens})")
+        self._check_positive("n_ubatch", n_ubatch)
+        self._check_positive("max_batch_sequences", max_batch_sequences)
+        self.normalize = bool(normalize)
+        self.truncate = bool(truncate)
+        self._dim = self._check_dim(dim)
+
+        import llama_cpp
+
+        if n_gpu_layers and not llama_cpp.llama_supports_gpu_offload():
+            log.info("n_gpu_layers=%s requested, but this llama.cpp build has no GPU backend: running on the CPU",
+                     n_gpu_layers)
+        self._lock = threading.RLock()
+        self._runtime = LlamaRuntime(
+            self.path, n_ctx=self._batch_tokens, n_ubatch=n_ubatch, n_seq_max=max_batch_sequences,
+            n_threads=n_threads or os.cpu_count() or 1, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
+            use_mmap=use_mmap, verbose=verbose)
+        eos = self._runtime.special_token_id(POOLING_TOKEN)
+        if eos is None:
+            self.close()
+            raise ModelLoadError(f"{self.path}: the vocabulary has no {POOLING_TOKEN} token to pool on")
+        self._eos = eos
+
+    # -- validation helpers -----------------------------------------------------------------------
+    @staticmethod
+    def _check_positive(name: str, value) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+        return value
+
+    def _check_dim(self, dim: int | None) -> int | None:
+        if dim is None:
+            return None
+        lo, hi = self.facts.mrl_min_dim, self.facts.dim
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not lo <= dim <= hi:
+            raise InputError(f"dim must be an integer in [{lo}, {hi}] (Matryoshka range of this model), got {dim!r}")
+        return int(dim)
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """The full embedding dimension."""
+        return self.facts.dim
+
+    @property
+    def mrl_min_dim(self) -> int:
+        return self.facts.mrl_min_dim
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    @property
+    def model_info(self) -> GGUFInfo:
+        """What ``qembed-gguf info`` prints about the model file."""
+        return self.info
+
+    # -- tokens -----------------------------------------------------------------------------------
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        with self._lock:
+            self._require_open()
+            return [self._runtime.tokenize(t) + [self._eos] for t in texts]
+
+    def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
+        """Tokens each input takes, the pooling token included (before any truncation)."""
+        return [len(ids) for ids in self._tokenize(_check_texts(texts))]
+
+    def format_query(self, text: str, task: str | None = None) -> str:
+        return self.facts.query_template.format(task=self.facts.default_task if task is None else task, text=text)
+
+    # -- embedding --------------------------------------------------------------------------------
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        *,
+        dim: int | None = None,
+        instruction: str | None = None,
+        normalize: bool | None = None,
+        batch_tokens: int | None = None,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Embed ``texts``; a float32 array of shape ``(len(texts), dim)``, rows in input order.
+
+        ``instruction`` formats every text as a query with that task; ``dim`` and ``normalize``
+        override the Embedder's defaults for this call; ``batch_tokens`` lowers the decode-batch
+        token budget (it cannot exceed the one the Embedder was built with).
+        """
+        items = _check_texts(texts)
+        dim = self._check_dim(dim) if dim is not None else self._dim
+        normalize = self.normalize if normalize is None else normalize
+        budget = self._batch_tokens if batch_tokens is None else self._check_positive("batch_tokens", batch_tokens)
+        if not self._max_tokens <= budget <= self._batch_tokens:
+            raise InputError(f"batch_tokens must be in [max_tokens={self._max_tokens}, {self._batch_tokens}], got {budget}")
+        if instruction is not None:
+            items = [self.format_query(t, instruction) for t in items]
+        out_dim = dim or self.dim
+        if not items:
+            return np.zeros((0, out_dim), dtype=np.float32)
+
+        sequences = self._fit(self._tokenize(items))
+        pooled = np.empty((len(sequences), self.dim), dtype=np.float32)
+        batches = plan_batches([len(s) for s in sequences], max_tokens=budget, max_seqs=self._runtime.n_seq_max)
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(sequences), unit="text", desc="embedding")
+        try:
+            for batch in batches:
+                with self._lock:
+                    self._require_open()
+                    pooled[batch] = self._runtime.embed_batch([sequences[i] for i in batch])
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+        check_finite(pooled)
+        vectors = truncate_dim(pooled, dim)
+        return l2_normalize(vectors) if normalize else np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _fit(self, sequences: list[list[int]]) -> list[list[int]]:
+        """Apply the ``max_tokens`` rule: truncate (pooling token kept last) or raise."""
+        limit = self._max_tokens
+        long = [i for i, s in enumerate(sequences) if len(s) > limit]
+        if not long:
+            return sequences
+        if not self.truncate:
+            i = long[0]
+            raise InputTooLongError(
+                f"input {i} has {len(sequences[i])} tokens, more than max_tokens={limit} "
+                f"({len(long)} input(s) too long); shorten it or use truncate=True",
+                index=i, n_tokens=len(sequences[i]), max_tokens=limit)
+        log.warning("%d input(s) longer than max_tokens=%d were truncated (first: input %d, %d tokens)",
+                    len(long), limit, long[0], len(sequences[long[0]]))
+        return [s if len(s) <= limit else s[:limit - 1] + [self._eos] for s in sequences]
+
+    def embed_query(self, texts: str | Sequence[str], *, task: str | None = None, **kwargs) -> np.ndarray:
+        """Embed search queries: each text becomes ``Instruct: {task}\\nQuery:{text}``."""
+        return self.embed(texts, instruction=self.facts.default_task if task is None else task, **kwargs)
+
+    def embed_documents(self, texts: str | Sequence[str], **kwargs) -> np.ndarray:
+        """Embed documents: raw text, no instruction."""
+        return self.embed(texts, **kwargs)
+
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        normalize_embeddings: bool | None = None,
+        truncate_dim: int | None = None,
+        precision: str = "float32",
+    ) -> np.ndarray:
+        """sentence-transformers-compatible ``encode``.
+
+        ``prompt_name`` is ``"query"`` (the model's query instruction) or ``"document"`` (none);
+        ``prompt`` is a literal prefix. ``batch_size`` bounds the sequences per decode batch.
+        A single string gives a 1-D vector, as in sentence-transformers; ``precision`` quantizes
+        as sentence-transformers' ``quantize_embeddings`` does. ``normalize_embeddings`` defaults
+        to the Embedder's ``normalize`` (True, as the Qwen3-Embedding ST pipeline's Normalize module).
+        """
+        if not convert_to_numpy:
+            raise InputError("only convert_to_numpy=True is supported (qembed-gguf returns numpy arrays)")
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if prompt is not None and prompt_name is not None:
+            raise InputError("give prompt or prompt_name, not both")
+        single = isinstance(sentences, str)
+        items = _check_texts(sentences)
+        if prompt_name == "query":
+            prompt = self.format_query("")
+        elif prompt_name not in (None, "document"):
+            raise InputError(f"unknown prompt_name {prompt_name!r}; this model has 'query' and 'document'")
+        if prompt:
+            items = [prompt + t for t in items]
+        self._check_positive("batch_size", batch_size)
+        with self._lock:
+            saved, self._runtime.n_seq_max = self._runtime.n_seq_max, min(batch_size, self._runtime.n_seq_max)
+            try:
+                vectors = self.embed(items, dim=truncate_dim, normalize=normalize_embeddings,
+                                     show_progress=bool(show_progress_bar))
+            finally:
+                self._runtime.n_seq_max = saved
+        vectors = quantize_embeddings(vectors, precision)
+        return vectors[0] if single else vectors
+
+    # -- lifetime -----------------------------------------------------------------------------------
+    def _require_open(self) -> None:
+        if self._runtime is None:
+            raise InputError("this Embedder is closed")
+
+    def close(self) -> None:
+        """Free the llama.cpp model and context (idempotent)."""
+        with getattr(self, "_lock", threading.RLock()):
+            runtime, self._runtime = getattr(self, "_runtime", None), None
+            if runtime is not None:
+                runtime.close()
+
+    def __enter__(self) -> "Embedder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Embedder({str(self.path)!r}, dim={self.dim}, max_tokens={self.max_tokens}, "
+                f"quant={self.info.file_type})")

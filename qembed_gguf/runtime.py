@@ -1,0 +1,179 @@
+"""One llama.cpp model and embedding context, driven through llama-cpp-python's C bindings.
+
+The high-level ``llama_cpp.Llama`` object is deliberately not used: it compiles the file's chat
+template with Jinja (a code-execution surface an embedding model does not need), prints to stderr
+by default, and its ``embed`` truncates inputs at ``n_batch`` without saying so. Here:
+
+* pooling is forced to LAST in the context parameters, whatever the file says;
+* a decode batch is a set of numpy buffers wrapped once in a ``llama_batch`` struct, so filling a
+  batch of thousands of tokens is a few vectorised copies;
+* llama.cpp's log is silent unless ``verbose``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import BackendError, ModelLoadError
+
+__all__ = ["LlamaRuntime", "set_llama_verbosity"]
+
+log = logging.getLogger(__name__)
+
+
+def set_llama_verbosity(verbose: bool) -> None:
+    """llama-cpp-python prints llama.cpp's log according to this logger's level."""
+    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+
+
+class LlamaRuntime:
+    """A loaded GGUF model with an embedding context (pooling LAST, unified KV cache).
+
+    ``n_ctx`` bounds the total tokens of one decode batch (all its sequences share the KV cache);
+    ``n_seq_max`` bounds the sequences per batch.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, n_ctx: int, n_ubatch: int, n_seq_max: int,
+                 n_threads: int, n_gpu_layers: int = 0, flash_attn: bool | None = None, use_mmap: bool = True,
+                 verbose: bool = False):
+        import llama_cpp
+
+        self._llama = llama_cpp
+        self.path = Path(path)
+        set_llama_verbosity(verbose)
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        mparams.use_mmap = use_mmap
+        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self.model:
+            raise ModelLoadError(f"llama.cpp could not load {self.path} (run with verbose=True to see why)")
+        self.ctx = None
+        try:
+            self.n_seq_max = max(1, min(n_seq_max, llama_cpp.llama_max_parallel_sequences()))
+            cparams = llama_cpp.llama_context_default_params()
+            cparams.n_ctx = n_ctx
+            cparams.n_batch = n_ctx
+            cparams.n_ubatch = min(n_ubatch, n_ctx)
+            cparams.n_seq_max = self.n_seq_max
+            cparams.n_threads = cparams.n_threads_batch = n_threads
+            cparams.embeddings = True
+            cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_LAST
+            cparams.kv_unified = True
+            cparams.flash_attn_type = {None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                                       False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
+            self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+            if not self.ctx:
+                raise BackendError(f"llama.cpp could not create a context with n_ctx={n_ctx} for {self.path} "
+                                   f"(out of memory?)")
+            self.n_ctx = n_ctx
+            self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+            self.n_embd = llama_cpp.llama_model_n_embd(self.model)
+            self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
+            self._alloc_batch(n_ctx)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- batch buffers ------------------------------------------------------------------------
+    def _alloc_batch(self, capacity: int) -> None:
+        lc = self._llama
+        self._tokens = np.zeros(capacity, dtype=np.int32)
+        self._pos = np.zeros(capacity, dtype=np.int32)
+        self._n_seq_id = np.ones(capacity, dtype=np.int32)
+        self._seq = np.zeros(capacity, dtype=np.int32)
+        self._logits = np.zeros(capacity, dtype=np.int8)
+        seq_type = ctypes.POINTER(lc.llama_seq_id)
+        self._seq_ptrs = (seq_type * capacity)(
+            *(ctypes.cast(self._seq.ctypes.data + 4 * i, seq_type) for i in range(capacity)))
+        batch = lc.llama_batch()
+        batch.token = self._tokens.ctypes.data_as(ctypes.POINTER(lc.llama_token))
+        batch.embd = None
+        batch.pos = self._pos.ctypes.data_as(ctypes.POINTER(lc.llama_pos))
+        batch.n_seq_id = self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        batch.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(seq_type))
+        batch.logits = self._logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self._batch = batch
+
+    # -- metadata and tokens --------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as llama.cpp renders it, or None when absent."""
+        buf = ctypes.create_string_buffer(4096)
+        n = self._llama.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            self._llama.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, *, parse_special: bool = False) -> list[int]:
+        """Token ids of ``text``: no BOS/EOS added, special-token text NOT parsed (user text stays text)."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (self._llama.llama_token * cap)()
+        n = self._llama.llama_tokenize(self.vocab, data, len(data), buf, cap, False, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (self._llama.llama_token * cap)()
+            n = self._llama.llama_tokenize(self.vocab, data, len(data), buf, cap, False, parse_special)
+            if n < 0:
+                raise BackendError(f"llama.cpp could not tokenize a {len(data)}-byte input")
+        return list(buf[:n])
+
+    def special_token_id(self, text: str) -> int | None:
+        """The id of a special token given as text (e.g. ``<|endoftext|>``), or None."""
+        ids = self.tokenize(text, parse_special=True)
+        return ids[0] if len(ids) == 1 else None
+
+    # -- decoding -------------------------------------------------------------------------------
+    def embed_batch(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """Pooled (LAST) hidden states of up to ``n_seq_max`` sequences in one decode: (n, n_embd)."""
+        lengths = [len(s) for s in sequences]
+        total = sum(lengths)
+        if not sequences or len(sequences) > self.n_seq_max or total > self.n_ctx or min(lengths) < 1:
+            raise ValueError(f"batch of {len(sequences)} sequences / {total} tokens does not fit "
+                             f"n_seq_max={self.n_seq_max}, n_ctx={self.n_ctx}")
+        offset = 0
+        for s, seq in enumerate(sequences):
+            n = len(seq)
+            self._tokens[offset:offset + n] = seq
+            self._pos[offset:offset + n] = np.arange(n, dtype=np.int32)
+            self._seq[offset:offset + n] = s
+            offset += n
+        self._logits[:total] = 1
+        self._batch.n_tokens = total
+        lc = self._llama
+        lc.llama_memory_clear(lc.llama_get_memory(self.ctx), True)
+        rc = lc.llama_decode(self.ctx, self._batch)
+        if rc != 0:
+            raise BackendError(f"llama_decode failed with code {rc} on a batch of {len(sequences)} sequences / "
+                               f"{total} tokens")
+        out = np.empty((len(sequences), self.n_embd), dtype=np.float32)
+        for s in range(len(sequences)):
+            ptr = lc.llama_get_embeddings_seq(self.ctx, s)
+            if not ptr:
+                raise BackendError(f"llama.cpp returned no pooled embedding for sequence {s}")
+            out[s] = np.ctypeslib.as_array(ptr, shape=(self.n_embd,))
+        return out
+
+    def close(self) -> None:
+        lc = self._llama
+        if getattr(self, "ctx", None):
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            lc.llama_model_free(self.model)
+            self.model = None
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -119,6 +119,116 @@ def info(ctx, file, as_json):
         sys.exit(3)
 
 
+@main.command()
+@click.argument("model")
+@click.argument("input_path", metavar="INPUT")
+@click.option("--output", "-o", "output", required=True, type=click.Path(dir_okay=False),
+              help="Output .npy file (row i = input i); ids go to OUT.ids.json.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "txt", "jsonl"]), default="auto", show_default=True,
+              help="Input format; auto: .jsonl/.ndjson are JSON lines, anything else one text per line.")
+@click.option("--field", default="text", show_default=True, help="Text field of .jsonl input.")
+@click.option("--dim", type=int, default=None, help="Output dimension (Matryoshka); default: full.")
+@click.option("--query", is_flag=True, help="Embed the inputs as queries (with the instruction).")
+@click.option("--task", default=None, help="Task instruction for --query (default: the model's).")
+@click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Token budget of one decode batch.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Longest input in tokens.")
+@click.option("--no-truncate", is_flag=True, help="Fail on inputs longer than --max-tokens instead of truncating.")
+@click.option("--precision", type=click.Choice(["float32", "int8", "uint8", "binary", "ubinary"]), default="float32",
+              show_default=True)
+@click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="Layers to offload to a GPU (-1: all).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@click.pass_context
+@_library_errors
+def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_tokens, max_tokens, no_truncate,
+          precision, force, threads, n_gpu_layers, quiet):
+    """Embed the texts of INPUT (.txt, .jsonl, or - for stdin) with MODEL into a .npy file.
+
+    \b
+    Examples:
+      qembed-gguf embed tiny docs.txt -o docs.npy
+      qembed-gguf embed model.gguf corpus.jsonl -o corpus.npy --dim 256 --precision int8
+      cat queries.txt | qembed-gguf embed model.gguf - -o q.npy --query
+    """
+    import time
+    from pathlib import Path
+
+    from .embedder import Embedder
+    from .jobio import ids_path, read_input, write_json_atomic, write_npy_atomic
+    from .postprocess import quantize_embeddings
+
+    _setup_logging(ctx.obj["verbose"], quiet)
+    if task is not None and not query:
+        raise click.UsageError("--task applies to --query")
+    out = Path(output)
+    if out.suffix != ".npy":
+        raise click.UsageError("the output must be a .npy file")
+    if not force and (out.exists() or ids_path(out).exists()):
+        raise click.ClickException(f"{out} (or its .ids.json) exists; pass --force to overwrite")
+    if not out.parent.is_dir():
+        raise click.ClickException(f"output folder {out.parent} does not exist")
+    job = read_input(input_path, fmt=fmt, field=field)
+    with Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
+                  batch_tokens=batch_tokens, truncate=not no_truncate) as embedder:
+        start = time.perf_counter()
+        vectors = embedder.embed(job.texts, dim=dim, instruction=(task or embedder.facts.default_task) if query else None,
+                                 show_progress=not quiet)
+        seconds = time.perf_counter() - start
+        n_tokens = sum(embedder.count_tokens(job.texts)) if not quiet else 0
+    write_npy_atomic(out, quantize_embeddings(vectors, precision))
+    if job.ids is not None:
+        write_json_atomic(ids_path(out), job.ids)
+    if not quiet:
+        rate = len(job.texts) / seconds if seconds > 0 else float("inf")
+        click.echo(f"{len(job.texts)} texts → {out} ({vectors.shape[1]} dims, {precision}); "
+                   f"{n_tokens} tokens in {seconds:.2f} s: {rate:.1f} docs/s, "
+                   f"{n_tokens / seconds if seconds > 0 else 0:.0f} tokens/s", err=True)
+
+
+@main.command()
+@click.option("--model", default="tiny", show_default=True, help="Model to demonstrate (bundled tiny: offline).")
+@click.pass_context
+@_library_errors
+def demo(ctx, model):
+    """Embed a few example texts and print dimensions, a similarity table and throughput."""
+    import time
+
+    import numpy as np
+
+    from .embedder import Embedder
+
+    _setup_logging(ctx.obj["verbose"], quiet=True)
+    queries = ["How do I bake bread at home?", "什么是向量数据库？"]
+    documents = [
+        "Mix flour, water, salt and yeast; let the dough rise, then bake it at 230 °C.",
+        "A vector database stores embeddings and finds the nearest ones to a query vector.",
+        "東京は日本の首都で、人口は約1400万人です。",
+        "def cosine(a, b): return a @ b / (norm(a) * norm(b))",
+    ]
+    with Embedder(model) as e:
+        spec = registry.find_spec(model)
+        if spec is not None and not spec.semantic:
+            click.echo(f"model {model}: RANDOM WEIGHTS (pipeline demo only) — the similarities below mean nothing")
+        start = time.perf_counter()
+        q = e.embed_query(queries)
+        d = e.embed_documents(documents)
+        seconds = time.perf_counter() - start
+        tokens = sum(e.count_tokens([e.format_query(x) for x in queries])) + sum(e.count_tokens(documents))
+        click.echo(f"file {e.path.name}: {e.info.file_type}, full dim {e.dim}, MRL dims {e.mrl_min_dim}..{e.dim}, "
+                   f"max {e.max_tokens} tokens")
+        click.echo(f"queries {q.shape}, documents {d.shape}, float32, L2-normalised")
+        click.echo("cosine similarity (query × document):")
+        click.echo("      " + "  ".join(f"doc{j}" for j in range(len(documents))))
+        for i, row in enumerate(q @ d.T):
+            click.echo(f"  q{i}  " + "  ".join(f"{v:+.2f}" for v in row) + f"   {queries[i]}")
+        small = e.embed_documents(documents, dim=e.mrl_min_dim)
+        click.echo(f"MRL: the same documents at dim {e.mrl_min_dim}: shape {small.shape}, norms "
+                   f"{np.round(np.linalg.norm(small, axis=1), 3).tolist()}")
+        click.echo(f"throughput: {len(queries) + len(documents)} texts, {tokens} tokens in {seconds * 1000:.0f} ms "
+                   f"({tokens / seconds:.0f} tokens/s; model loaded beforehand, {e.batch_tokens}-token batches)")
+
+
 @main.command("models")
 def list_models():
     """List the models qembed-gguf knows by name."""

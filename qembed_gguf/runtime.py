@@ -27,6 +27,16 @@ __all__ = ["LlamaRuntime", "set_llama_verbosity"]
 log = logging.getLogger(__name__)
 
 
+def _set_fields(struct: ctypes.Structure, **values) -> None:
+    """Assign ctypes struct fields, refusing names the struct lacks (a plain setattr would not)."""
+    names = {f[0] for f in type(struct)._fields_}
+    for name, value in values.items():
+        if name not in names:
+            raise BackendError(f"this llama-cpp-python has no {type(struct).__name__}.{name}; "
+                               f"qembed-gguf needs a compatible version (0.3.36 is tested)")
+        setattr(struct, name, value)
+
+
 def set_llama_verbosity(verbose: bool) -> None:
     """llama-cpp-python prints llama.cpp's log according to this logger's level."""
     logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
@@ -36,12 +46,13 @@ class LlamaRuntime:
     """A loaded GGUF model with an embedding context (pooling LAST, unified KV cache).
 
     ``n_ctx`` bounds the total tokens of one decode batch (all its sequences share the KV cache);
-    ``n_seq_max`` bounds the sequences per batch.
+    ``n_seq_max`` bounds the sequences per batch. ``repack`` lets llama.cpp's CPU backend repack
+    quantized weights into its faster interleaved layouts ("extra buffer types").
     """
 
     def __init__(self, path: str | os.PathLike[str], *, n_ctx: int, n_ubatch: int, n_seq_max: int,
                  n_threads: int, n_gpu_layers: int = 0, flash_attn: bool | None = None, use_mmap: bool = True,
-                 verbose: bool = False):
+                 repack: bool = True, verbose: bool = False):
         import llama_cpp
 
         self._llama = llama_cpp
@@ -49,8 +60,8 @@ class LlamaRuntime:
         set_llama_verbosity(verbose)
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers
-        mparams.use_mmap = use_mmap
+        _set_fields(mparams, n_gpu_layers=n_gpu_layers, use_extra_bufts=repack,
+                    load_mode=llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE)
         self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self.model:
             raise ModelLoadError(f"llama.cpp could not load {self.path} (run with verbose=True to see why)")
@@ -58,16 +69,11 @@ class LlamaRuntime:
         try:
             self.n_seq_max = max(1, min(n_seq_max, llama_cpp.llama_max_parallel_sequences()))
             cparams = llama_cpp.llama_context_default_params()
-            cparams.n_ctx = n_ctx
-            cparams.n_batch = n_ctx
-            cparams.n_ubatch = min(n_ubatch, n_ctx)
-            cparams.n_seq_max = self.n_seq_max
-            cparams.n_threads = cparams.n_threads_batch = n_threads
-            cparams.embeddings = True
-            cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_LAST
-            cparams.kv_unified = True
-            cparams.flash_attn_type = {None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                                       False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
+            flash = {None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                     False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
+            _set_fields(cparams, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=min(n_ubatch, n_ctx), n_seq_max=self.n_seq_max,
+                        n_threads=n_threads, n_threads_batch=n_threads, embeddings=True,
+                        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST, kv_unified=True, flash_attn_type=flash)
             self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
             if not self.ctx:
                 raise BackendError(f"llama.cpp could not create a context with n_ctx={n_ctx} for {self.path} "

@@ -1,0 +1,120 @@
+"""Input and output files of offline embedding jobs (``qembed-gguf embed``).
+
+Inputs: ``.txt`` (one text per line), ``.jsonl`` (one JSON object per line with a text field and an
+optional ``id``), or standard input. Every problem names the line. Outputs: ``.npy`` (row i =
+input i) plus ``<out>.ids.json`` when ids were given, each written to a temporary file and renamed,
+so a failed or interrupted job never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["JobInput", "parse_txt", "parse_jsonl", "read_input", "write_npy_atomic", "write_json_atomic", "ids_path"]
+
+
+@dataclasses.dataclass(frozen=True)
+class JobInput:
+    texts: list[str]
+    ids: list[Any] | None
+
+
+def _decode(raw: bytes, lineno: int, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{source}: line {lineno} is not valid UTF-8 (byte {exc.start} of the line)") from None
+
+
+def parse_txt(data: bytes, *, source: str = "<input>") -> JobInput:
+    """One text per line (``\\n`` or ``\\r\\n``); empty lines are empty texts; no final empty line."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return JobInput([_decode(line.removesuffix(b"\r"), i, source) for i, line in enumerate(lines, 1)], None)
+
+
+def parse_jsonl(data: bytes, *, field: str = "text", source: str = "<input>") -> JobInput:
+    """One JSON object per line with a string ``field`` and an optional ``id``; blank lines skipped."""
+    texts, ids, with_id = [], [], None
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        line = _decode(raw, lineno, source).strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{source}: line {lineno} is not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{source}: line {lineno} is a JSON {type(obj).__name__}, not an object")
+        if field not in obj:
+            raise InputError(f"{source}: line {lineno} has no {field!r} field (use --field to name another)")
+        if not isinstance(obj[field], str):
+            raise InputError(f"{source}: line {lineno}: {field!r} is {type(obj[field]).__name__}, not a string")
+        has_id = "id" in obj
+        if with_id is None:
+            with_id = has_id
+        elif has_id != with_id:
+            raise InputError(f"{source}: line {lineno} {'has' if has_id else 'lacks'} an 'id' unlike the lines before it")
+        texts.append(obj[field])
+        ids.append(obj.get("id"))
+    return JobInput(texts, ids if with_id else None)
+
+
+def read_input(path: str, *, fmt: str = "auto", field: str = "text", stdin: IO[bytes] | None = None) -> JobInput:
+    """Read a job's input: ``path`` is a file or ``-`` (standard input); ``fmt`` auto/txt/jsonl."""
+    if path == "-":
+        data = (stdin or os.fdopen(0, "rb", closefd=False)).read()
+        source = "<stdin>"
+    else:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read input ({exc.strerror})") from None
+        source = path
+    if fmt == "auto":
+        fmt = "jsonl" if str(path).endswith((".jsonl", ".ndjson")) else "txt"
+    if fmt == "jsonl":
+        return parse_jsonl(data, field=field, source=source)
+    if fmt == "txt":
+        return parse_txt(data, source=source)
+    raise InputError(f"unknown input format {fmt!r}")
+
+
+def ids_path(out: Path) -> Path:
+    return out.with_name(out.name.removesuffix(".npy") + ".ids.json")
+
+
+@contextlib.contextmanager
+def _atomic(path: Path):
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    with _atomic(path) as fh:
+        np.save(fh, array, allow_pickle=False)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    with _atomic(path) as fh:
+        fh.write(json.dumps(obj, ensure_ascii=False).encode("utf-8"))

@@ -35,6 +35,15 @@ TEXTS = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches(tmp_path_factory):
+    """Conversions the Embedder caches go to a temporary folder, never the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("QEMBED_CACHE", str(tmp_path_factory.mktemp("qembed-cache")))
+    yield
+    mp.undo()
+
+
 def pytest_report_header(config):
     return f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
 

@@ -1,0 +1,114 @@
+"""`qembed-gguf embed`: the round trip equals the library, inputs are validated with line
+numbers, outputs are written atomically; and the input/batching planners on their own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import TEXTS
+from qembed_gguf import Embedder
+from qembed_gguf.batching import plan_batches
+from qembed_gguf.cli import main
+from qembed_gguf.errors import InputError
+from qembed_gguf.jobio import parse_jsonl, parse_txt
+
+
+@pytest.fixture(scope="module")
+def model(converted):
+    return converted("tiny", "q8_0")
+
+
+def test_jsonl_round_trip_equals_library(model, tmp_path):
+    rows = [{"id": f"doc-{i}", "text": t} for i, t in enumerate(TEXTS)]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    out = tmp_path / "out.npy"
+    result = CliRunner().invoke(main, ["embed", str(model), str(src), "-o", str(out), "--dim", "64", "-q"])
+    assert result.exit_code == 0, result.output
+    with Embedder(model) as e:
+        expected = e.embed(TEXTS, dim=64)
+        queries = e.embed_query(TEXTS, task="find code")
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
+    assert json.loads((tmp_path / "out.ids.json").read_text()) == [r["id"] for r in rows]
+
+    q_out = tmp_path / "q.npy"
+    result = CliRunner().invoke(main, ["embed", str(model), str(src), "-o", str(q_out), "--query", "--task", "find code",
+                                       "-q"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(q_out), queries, atol=1e-6)
+
+
+def test_stdin_txt_and_precision(model, tmp_path):
+    out = tmp_path / "bits.npy"
+    proc = subprocess.run([sys.executable, "-m", "qembed_gguf", "embed", str(model), "-", "-o", str(out),
+                           "--precision", "ubinary"], input="alpha\nbeta\n\ngamma\n".encode(), capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "4 texts" in proc.stderr.decode() and "tokens/s" in proc.stderr.decode()
+    bits = np.load(out)
+    assert bits.dtype == np.uint8 and bits.shape == (4, 256 // 8)
+    with Embedder(model) as e:
+        np.testing.assert_array_equal(bits, np.packbits(e.embed(["alpha", "beta", "", "gamma"]) > 0, axis=-1))
+
+
+@pytest.mark.parametrize("content, match", [
+    (b'{"text": "ok"}\n{"text": 5}\n', "line 2: 'text' is int"),
+    (b'{"text": "ok"}\n\n{"body": "x"}\n', "line 3 has no 'text' field"),
+    (b'{"text": "ok"}\nnot json\n', "line 2 is not valid JSON"),
+    (b'{"text": "ok", "id": 1}\n{"text": "no id"}\n', "line 2 lacks an 'id'"),
+    (b'["a list"]\n', "line 1 is a JSON list"),
+    (b'{"text": "ok"}\n{"text": "\xff\xfe"}\n', "line 2 is not valid UTF-8"),
+])
+def test_bad_jsonl_names_the_line(model, tmp_path, content, match):
+    src = tmp_path / "bad.jsonl"
+    src.write_bytes(content)
+    out = tmp_path / "out.npy"
+    result = CliRunner().invoke(main, ["embed", str(model), str(src), "-o", str(out), "-q"])
+    assert result.exit_code == 1 and match in result.output, result.output
+    assert list(tmp_path.iterdir()) == [src]  # no output, no temporary file
+
+
+def test_existing_output_and_usage_errors(model, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("a\n")
+    out = tmp_path / "out.npy"
+    out.write_bytes(b"keep")
+    runner = CliRunner()
+    result = runner.invoke(main, ["embed", str(model), str(src), "-o", str(out), "-q"])
+    assert result.exit_code == 1 and "--force" in result.output and out.read_bytes() == b"keep"
+    assert runner.invoke(main, ["embed", str(model), str(src), "-o", str(tmp_path / "x.txt")]).exit_code == 2
+    assert runner.invoke(main, ["embed", str(model), str(src), "-o", str(tmp_path / "y.npy"), "--task", "t"]).exit_code == 2
+    result = runner.invoke(main, ["embed", str(model), str(src), "-o", str(tmp_path / "z.npy"), "--dim", "8", "-q"])
+    assert result.exit_code == 1 and "[32, 256]" in result.output
+
+
+def test_demo_prints_what_a_user_needs():
+    result = CliRunner().invoke(main, ["demo"])
+    assert result.exit_code == 0, result.output
+    for needle in ("RANDOM WEIGHTS", "full dim 256", "cosine similarity", "q0", "doc3", "tokens/s"):
+        assert needle in result.output
+
+
+def test_parsers():
+    assert parse_txt(b"a\r\nb\n\nc").texts == ["a", "b", "", "c"]
+    assert parse_txt(b"").texts == []
+    job = parse_jsonl(b'{"t": "x", "id": 3}\n\n{"t": "y", "id": [1]}\n', field="t")
+    assert job.texts == ["x", "y"] and job.ids == [3, [1]]
+    with pytest.raises(InputError, match="line 1"):
+        parse_txt(b"\xc3\x28")
+
+
+def test_plan_batches():
+    lengths = [5, 100, 3, 60, 60, 1, 40]
+    batches = plan_batches(lengths, max_tokens=120, max_seqs=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 120 and len(b) <= 3 for b in batches)
+    assert batches[0][0] == 1  # longest first
+    assert plan_batches([], max_tokens=10, max_seqs=2) == []
+    with pytest.raises(ValueError, match="input 2 has 11 tokens"):
+        plan_batches([1, 2, 11], max_tokens=10, max_seqs=4)

@@ -238,20 +238,26 @@ class Embedder:
         token budget (it cannot exceed the one the Embedder was built with).
         """
         items = _check_texts(texts)
+        if instruction is not None:
+            items = [self.format_query(t, instruction) for t in items]
+        return self._embed(items, dim=dim, normalize=normalize, batch_tokens=batch_tokens,
+                           max_seqs=None, show_progress=show_progress)
+
+    def _embed(self, items: list[str], *, dim: int | None, normalize: bool | None, batch_tokens: int | None,
+               max_seqs: int | None, show_progress: bool) -> np.ndarray:
         dim = self._check_dim(dim) if dim is not None else self._dim
         normalize = self.normalize if normalize is None else normalize
         budget = self._batch_tokens if batch_tokens is None else self._check_positive("batch_tokens", batch_tokens)
         if not self._max_tokens <= budget <= self._batch_tokens:
             raise InputError(f"batch_tokens must be in [max_tokens={self._max_tokens}, {self._batch_tokens}], got {budget}")
-        if instruction is not None:
-            items = [self.format_query(t, instruction) for t in items]
-        out_dim = dim or self.dim
         if not items:
-            return np.zeros((0, out_dim), dtype=np.float32)
+            return np.zeros((0, dim or self.dim), dtype=np.float32)
 
         sequences = self._fit(self._tokenize(items))
         pooled = np.empty((len(sequences), self.dim), dtype=np.float32)
-        batches = plan_batches([len(s) for s in sequences], max_tokens=budget, max_seqs=self._runtime.n_seq_max)
+        self._require_open()
+        seqs_per_batch = min(max_seqs or self._runtime.n_seq_max, self._runtime.n_seq_max)
+        batches = plan_batches([len(s) for s in sequences], max_tokens=budget, max_seqs=seqs_per_batch)
         bar = None
         if show_progress:
             from tqdm.auto import tqdm
@@ -328,14 +334,9 @@ class Embedder:
             raise InputError(f"unknown prompt_name {prompt_name!r}; this model has 'query' and 'document'")
         if prompt:
             items = [prompt + t for t in items]
-        self._check_positive("batch_size", batch_size)
-        with self._lock:
-            saved, self._runtime.n_seq_max = self._runtime.n_seq_max, min(batch_size, self._runtime.n_seq_max)
-            try:
-                vectors = self.embed(items, dim=truncate_dim, normalize=normalize_embeddings,
-                                     show_progress=bool(show_progress_bar))
-            finally:
-                self._runtime.n_seq_max = saved
+        vectors = self._embed(items, dim=truncate_dim, normalize=normalize_embeddings, batch_tokens=None,
+                              max_seqs=self._check_positive("batch_size", batch_size),
+                              show_progress=bool(show_progress_bar))
         vectors = quantize_embeddings(vectors, precision)
         return vectors[0] if single else vectors
 

@@ -170,7 +170,7 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
         raise click.ClickException(f"output folder {out.parent} does not exist")
     job = read_input(input_path, fmt=fmt, field=field)
     with Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
-                  batch_tokens=batch_tokens, truncate=not no_truncate) as embedder:
+                  n_ctx=batch_tokens, truncate=not no_truncate) as embedder:
         start = time.perf_counter()
         vectors = embedder.embed(job.texts, dim=dim, instruction=(task or embedder.facts.default_task) if query else None,
                                  show_progress=not quiet)
@@ -226,7 +226,7 @@ def demo(ctx, model):
         click.echo(f"MRL: the same documents at dim {e.mrl_min_dim}: shape {small.shape}, norms "
                    f"{np.round(np.linalg.norm(small, axis=1), 3).tolist()}")
         click.echo(f"throughput: {len(queries) + len(documents)} texts, {tokens} tokens in {seconds * 1000:.0f} ms "
-                   f"({tokens / seconds:.0f} tokens/s; model loaded beforehand, {e.batch_tokens}-token batches)")
+                   f"({tokens / seconds:.0f} tokens/s; model loaded beforehand, {e.n_ctx}-token batches)")
 
 
 @main.command("models")

@@ -92,8 +92,8 @@ class Embedder:
         n_threads: CPU threads (default: all cores).
         max_tokens: longest input, in tokens including the pooling token (default
             min(8192, the model's trained context)).
-        batch_tokens: token budget of one decode batch (default ``max(max_tokens, 2048)``); it
-            sets the context size, so it bounds the KV-cache memory.
+        n_ctx: llama.cpp context size = the token budget of one decode batch (default
+            ``max(max_tokens, 2048)``); it bounds the KV-cache memory and must be >= max_tokens.
         n_ubatch: llama.cpp micro-batch size (tokens computed together).
         dim: default output dimension (Matryoshka), in ``[mrl_min_dim, full dim]``; None = full.
         normalize: L2-normalise outputs by default.
@@ -116,7 +116,7 @@ class Embedder:
         n_gpu_layers: int = 0,
         n_threads: int | None = None,
         max_tokens: int | None = None,
-        batch_tokens: int | None = None,
+        n_ctx: int | None = None,
         n_ubatch: int = 512,
         max_batch_sequences: int = 64,
         dim: int | None = None,
@@ -141,11 +141,12 @@ class Embedder:
         if max_tokens is None:
             max_tokens = min(DEFAULT_MAX_TOKENS, self.facts.context)
         self._max_tokens = self._check_positive("max_tokens", max_tokens)
-        if batch_tokens is None:
-            batch_tokens = max(self._max_tokens, 2048)
-        self._batch_tokens = self._check_positive("batch_tokens", batch_tokens)
-        if self._batch_tokens < self._max_tokens:
-            raise InputError(f"batch_tokens ({self._batch_tokens}) must be >= max_tokens ({self._max_tokens})")
+        if n_ctx is None:
+            n_ctx = max(self._max_tokens, 2048)
+        self._n_ctx = self._check_positive("n_ctx", n_ctx)
+        if self._n_ctx < self._max_tokens:
+            raise InputError(f"n_ctx ({self._n_ctx}) must be >= max_tokens ({self._max_tokens}): every input "
+                             f"must fit one decode batch")
         self._check_positive("n_ubatch", n_ubatch)
         self._check_positive("max_batch_sequences", max_batch_sequences)
         self.normalize = bool(normalize)
@@ -159,7 +160,7 @@ class Embedder:
                      n_gpu_layers)
         self._lock = threading.RLock()
         self._runtime = LlamaRuntime(
-            self.path, n_ctx=self._batch_tokens, n_ubatch=n_ubatch, n_seq_max=max_batch_sequences,
+            self.path, n_ctx=self._n_ctx, n_ubatch=n_ubatch, n_seq_max=max_batch_sequences,
             n_threads=n_threads or os.cpu_count() or 1, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
             use_mmap=use_mmap, verbose=verbose)
         eos = self._runtime.special_token_id(POOLING_TOKEN)
@@ -198,9 +199,9 @@ class Embedder:
         return self._max_tokens
 
     @property
-    def batch_tokens(self) -> int:
-        """Token budget of one decode batch (the llama.cpp context size)."""
-        return self._batch_tokens
+    def n_ctx(self) -> int:
+        """The llama.cpp context size: the largest token budget of one decode batch."""
+        return self._n_ctx
 
     @property
     def model_info(self) -> GGUFInfo:
@@ -234,8 +235,8 @@ class Embedder:
         """Embed ``texts``; a float32 array of shape ``(len(texts), dim)``, rows in input order.
 
         ``instruction`` formats every text as a query with that task; ``dim`` and ``normalize``
-        override the Embedder's defaults for this call; ``batch_tokens`` lowers the decode-batch
-        token budget (it cannot exceed the one the Embedder was built with).
+        override the Embedder's defaults for this call; ``batch_tokens`` is this call's decode-batch
+        token budget, in ``[max_tokens, n_ctx]`` (default ``n_ctx``).
         """
         items = _check_texts(texts)
         if instruction is not None:
@@ -247,9 +248,9 @@ class Embedder:
                max_seqs: int | None, show_progress: bool) -> np.ndarray:
         dim = self._check_dim(dim) if dim is not None else self._dim
         normalize = self.normalize if normalize is None else normalize
-        budget = self._batch_tokens if batch_tokens is None else self._check_positive("batch_tokens", batch_tokens)
-        if not self._max_tokens <= budget <= self._batch_tokens:
-            raise InputError(f"batch_tokens must be in [max_tokens={self._max_tokens}, {self._batch_tokens}], got {budget}")
+        budget = self._n_ctx if batch_tokens is None else self._check_positive("batch_tokens", batch_tokens)
+        if not self._max_tokens <= budget <= self._n_ctx:
+            raise InputError(f"batch_tokens must be in [max_tokens={self._max_tokens}, {self._n_ctx}], got {budget}")
         if not items:
             return np.zeros((0, dim or self.dim), dtype=np.float32)
 

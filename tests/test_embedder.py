@@ -83,7 +83,7 @@ def test_batched_equals_one_at_a_time(outtype, embedders):
     rng = np.random.default_rng(0)
     order = rng.permutation(len(texts))
     single = np.stack([e.embed([t])[0] for t in texts])
-    for budget in (e.batch_tokens, e.max_tokens):  # one big batch vs many small ones
+    for budget in (e.n_ctx, e.max_tokens):  # one big batch vs many small ones
         batched = e.embed([texts[i] for i in order], batch_tokens=budget)
         cos = np.sum(batched * single[order], axis=1)
         assert cos.min() >= BATCH_INVARIANCE[outtype], (budget, np.round(cos, 7))

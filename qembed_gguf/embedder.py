@@ -256,8 +256,9 @@ class Embedder:
 
         sequences = self._fit(self._tokenize(items))
         pooled = np.empty((len(sequences), self.dim), dtype=np.float32)
-        self._require_open()
-        seqs_per_batch = min(max_seqs or self._runtime.n_seq_max, self._runtime.n_seq_max)
+        with self._lock:
+            self._require_open()
+            seqs_per_batch = min(max_seqs or self._runtime.n_seq_max, self._runtime.n_seq_max)
         batches = plan_batches([len(s) for s in sequences], max_tokens=budget, max_seqs=seqs_per_batch)
         bar = None
         if show_progress:

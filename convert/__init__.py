@@ -133,7 +133,6 @@ def convert(
     return out
 
 
-
 class _CallableModule(types.ModuleType):
     """Lets ``qembed_gguf.convert(...)`` call :func:`convert` while staying the subpackage."""
 

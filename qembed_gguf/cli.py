@@ -169,13 +169,17 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
     if not out.parent.is_dir():
         raise click.ClickException(f"output folder {out.parent} does not exist")
     job = read_input(input_path, fmt=fmt, field=field)
+    if precision in ("int8", "uint8") and len(job.texts) < 2:
+        raise click.ClickException(f"--precision {precision} computes its buckets from the inputs: it needs at "
+                                   f"least 2 texts, got {len(job.texts)}")
     with Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
                   n_ctx=batch_tokens, truncate=not no_truncate) as embedder:
+        texts = [embedder.format_query(t, task) for t in job.texts] if query else job.texts
         start = time.perf_counter()
-        vectors = embedder.embed(job.texts, dim=dim, instruction=(task or embedder.facts.default_task) if query else None,
-                                 show_progress=not quiet)
+        vectors = embedder.embed(texts, dim=dim, show_progress=not quiet)
         seconds = time.perf_counter() - start
-        n_tokens = sum(embedder.count_tokens(job.texts)) if not quiet else 0
+        # the summary's token count re-tokenizes (cheap next to decoding); skipped with --quiet
+        n_tokens = sum(embedder.count_tokens(texts)) if not quiet else 0
     write_npy_atomic(out, quantize_embeddings(vectors, precision))
     if job.ids is not None:
         write_json_atomic(ids_path(out), job.ids)

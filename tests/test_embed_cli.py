@@ -38,10 +38,12 @@ def test_jsonl_round_trip_equals_library(model, tmp_path):
     assert json.loads((tmp_path / "out.ids.json").read_text()) == [r["id"] for r in rows]
 
     q_out = tmp_path / "q.npy"
-    result = CliRunner().invoke(main, ["embed", str(model), str(src), "-o", str(q_out), "--query", "--task", "find code",
-                                       "-q"])
+    result = CliRunner().invoke(main, ["embed", str(model), str(src), "-o", str(q_out), "--query", "--task", "find code"])
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(np.load(q_out), queries, atol=1e-6)
+    with Embedder(model) as e:  # the summary counts the tokens actually embedded (instruction included)
+        n_tokens = sum(e.count_tokens([e.format_query(t, "find code") for t in TEXTS]))
+    assert f" {n_tokens} tokens in " in result.output
 
 
 def test_stdin_txt_and_precision(model, tmp_path):
@@ -86,6 +88,8 @@ def test_existing_output_and_usage_errors(model, tmp_path):
     assert runner.invoke(main, ["embed", str(model), str(src), "-o", str(tmp_path / "y.npy"), "--task", "t"]).exit_code == 2
     result = runner.invoke(main, ["embed", str(model), str(src), "-o", str(tmp_path / "z.npy"), "--dim", "8", "-q"])
     assert result.exit_code == 1 and "[32, 256]" in result.output
+    result = runner.invoke(main, ["embed", str(model), str(src), "-o", str(tmp_path / "w.npy"), "--precision", "int8"])
+    assert result.exit_code == 1 and "at least 2 texts" in result.output and not (tmp_path / "w.npy").exists()
 
 
 def test_demo_prints_what_a_user_needs():

@@ -43,10 +43,18 @@ class TensorOut:
         return n // block * type_size
 
 
+def default_file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def temporary_path(folder: Path, name: str) -> Iterator[Path]:
     """A fresh hidden file path in ``folder`` that is removed on exit, whatever happens."""
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
+    os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; the output is an ordinary file
     os.close(fd)
     path = Path(tmp)
     try:

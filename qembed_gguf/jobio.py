@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from .convert.writer import default_file_mode
 from .errors import InputError
 
 __all__ = ["JobInput", "parse_txt", "parse_jsonl", "read_input", "write_npy_atomic", "write_json_atomic", "ids_path"]
@@ -98,6 +99,7 @@ def ids_path(out: Path) -> Path:
 @contextlib.contextmanager
 def _atomic(path: Path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; outputs are ordinary files
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh

@@ -130,7 +130,7 @@ def info(ctx, file, as_json):
 @click.option("--dim", type=int, default=None, help="Output dimension (Matryoshka); default: full.")
 @click.option("--query", is_flag=True, help="Embed the inputs as queries (with the instruction).")
 @click.option("--task", default=None, help="Task instruction for --query (default: the model's).")
-@click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Token budget of one decode batch.")
+@click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Token budget for packing short inputs into one decode call (default: n_ubatch, 512).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Longest input in tokens.")
 @click.option("--no-truncate", is_flag=True, help="Fail on inputs longer than --max-tokens instead of truncating.")
 @click.option("--precision", type=click.Choice(["float32", "int8", "uint8", "binary", "ubinary"]), default="float32",
@@ -173,10 +173,10 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
         raise click.ClickException(f"--precision {precision} computes its buckets from the inputs: it needs at "
                                    f"least 2 texts, got {len(job.texts)}")
     with Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
-                  n_ctx=batch_tokens, truncate=not no_truncate) as embedder:
+                  truncate=not no_truncate) as embedder:
         texts = [embedder.format_query(t, task) for t in job.texts] if query else job.texts
         start = time.perf_counter()
-        vectors = embedder.embed(texts, dim=dim, show_progress=not quiet)
+        vectors = embedder.embed(texts, dim=dim, batch_tokens=batch_tokens, show_progress=not quiet)
         seconds = time.perf_counter() - start
         # the summary's token count re-tokenizes (cheap next to decoding); skipped with --quiet
         n_tokens = sum(embedder.count_tokens(texts)) if not quiet else 0

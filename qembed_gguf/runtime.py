@@ -46,13 +46,15 @@ class LlamaRuntime:
     """A loaded GGUF model with an embedding context (pooling LAST, unified KV cache).
 
     ``n_ctx`` bounds the total tokens of one decode batch (all its sequences share the KV cache);
+    the context starts at ``initial_ctx`` tokens and grows on demand (see :meth:`reserve`).
     ``n_seq_max`` bounds the sequences per batch. ``repack`` lets llama.cpp's CPU backend repack
     quantized weights into its faster interleaved layouts ("extra buffer types").
     """
 
     def __init__(self, path: str | os.PathLike[str], *, n_ctx: int, n_ubatch: int, n_seq_max: int,
                  n_threads: int, n_gpu_layers: int = 0, flash_attn: bool | None = None, use_mmap: bool = True,
-                 repack: bool = True, verbose: bool = False):
+                 kv_type: int | None = None, repack: bool = True, initial_ctx: int | None = None,
+                 verbose: bool = False):
         import llama_cpp
 
         self._llama = llama_cpp
@@ -71,14 +73,16 @@ class LlamaRuntime:
             cparams = llama_cpp.llama_context_default_params()
             flash = {None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                      False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
-            _set_fields(cparams, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=min(n_ubatch, n_ctx), n_seq_max=self.n_seq_max,
-                        n_threads=n_threads, n_threads_batch=n_threads, embeddings=True,
-                        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST, kv_unified=True, flash_attn_type=flash)
-            self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
-            if not self.ctx:
-                raise BackendError(f"llama.cpp could not create a context with n_ctx={n_ctx} for {self.path} "
-                                   f"(out of memory?)")
-            self.n_ctx = n_ctx
+            _set_fields(cparams, n_seq_max=self.n_seq_max, n_threads=n_threads, n_threads_batch=n_threads,
+                        embeddings=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST, kv_unified=True,
+                        flash_attn_type=flash)
+            if kv_type is not None:
+                _set_fields(cparams, type_k=kv_type, type_v=kv_type)
+            self._cparams = cparams
+            self._n_ubatch = n_ubatch
+            self.max_ctx = n_ctx
+            self.n_ctx = 0
+            self._make_context(min(n_ctx, initial_ctx or n_ctx))
             self.vocab = llama_cpp.llama_model_get_vocab(self.model)
             self.n_embd = llama_cpp.llama_model_n_embd(self.model)
             self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
@@ -86,6 +90,46 @@ class LlamaRuntime:
         except BaseException:
             self.close()
             raise
+
+    # -- context ------------------------------------------------------------------------------
+    def _make_context(self, n_ctx: int) -> None:
+        """(Re)create the context for ``n_ctx`` tokens; the previous one is freed first (lower peak)."""
+        lc = self._llama
+        if self.ctx:
+            lc.llama_free(self.ctx)
+            self.ctx = None
+            self.n_ctx = 0
+        _set_fields(self._cparams, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=min(self._n_ubatch, n_ctx))
+        ctx = lc.llama_init_from_model(self.model, self._cparams)
+        if not ctx:
+            raise BackendError(f"llama.cpp could not create a context with n_ctx={n_ctx} for {self.path} "
+                               f"(out of memory?)")
+        self.ctx, self.n_ctx = ctx, n_ctx
+        log.debug("context of %d tokens created", n_ctx)
+
+    def reserve(self, n_tokens: int) -> None:
+        """Make the context hold ``n_tokens`` (<= ``max_ctx``), growing it (doubling) if needed.
+
+        The KV cache is allocated, and zeroed, when a context is created, so its memory is
+        resident whether used or not: starting small and growing on demand keeps short-text
+        workloads at a small footprint while long inputs still fit. A context never shrinks.
+        """
+        if n_tokens <= self.n_ctx:
+            return
+        if n_tokens > self.max_ctx:
+            raise ValueError(f"{n_tokens} tokens do not fit the largest context ({self.max_ctx})")
+        target = self.n_ctx or 256
+        while target < n_tokens:
+            target *= 2
+        target = min(self.max_ctx, target)
+        previous = self.n_ctx
+        try:
+            self._make_context(target)
+        except BackendError:
+            if previous:
+                self._make_context(previous)
+            raise BackendError(f"llama.cpp could not grow the context from {previous} to {target} tokens "
+                               f"for a {n_tokens}-token batch (out of memory?); smaller inputs still work") from None
 
     # -- batch buffers ------------------------------------------------------------------------
     def _alloc_batch(self, capacity: int) -> None:
@@ -143,9 +187,10 @@ class LlamaRuntime:
         """Pooled (LAST) hidden states of up to ``n_seq_max`` sequences in one decode: (n, n_embd)."""
         lengths = [len(s) for s in sequences]
         total = sum(lengths)
-        if not sequences or len(sequences) > self.n_seq_max or total > self.n_ctx or min(lengths) < 1:
+        if not sequences or len(sequences) > self.n_seq_max or total > self.max_ctx or min(lengths) < 1:
             raise ValueError(f"batch of {len(sequences)} sequences / {total} tokens does not fit "
-                             f"n_seq_max={self.n_seq_max}, n_ctx={self.n_ctx}")
+                             f"n_seq_max={self.n_seq_max}, n_ctx={self.max_ctx}")
+        self.reserve(total)
         offset = 0
         for s, seq in enumerate(sequences):
             n = len(seq)

@@ -4,6 +4,7 @@ numbers, outputs are written atomically; and the input/batching planners on thei
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -109,11 +110,26 @@ def test_parsers():
 
 
 def test_plan_batches():
-    lengths = [5, 100, 3, 60, 60, 1, 40]
-    batches = plan_batches(lengths, max_tokens=120, max_seqs=3)
+    lengths = [5, 100, 3, 60, 60, 1, 40, 300]
+    batches = plan_batches(lengths, budget=120, max_seqs=3)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    assert all(sum(lengths[i] for i in b) <= 120 and len(b) <= 3 for b in batches)
-    assert batches[0][0] == 1  # longest first
-    assert plan_batches([], max_tokens=10, max_seqs=2) == []
-    with pytest.raises(ValueError, match="input 2 has 11 tokens"):
-        plan_batches([1, 2, 11], max_tokens=10, max_seqs=4)
+    assert all((sum(lengths[i] for i in b) <= 120 or len(b) == 1) and len(b) <= 3 for b in batches)
+    assert batches[0] == [7]  # longest first; longer than the budget: decoded alone
+    assert plan_batches([], budget=10, max_seqs=2) == []
+    with pytest.raises(ValueError, match="input 2 has 0 tokens"):
+        plan_batches([1, 2, 0], budget=10, max_seqs=4)
+
+
+def test_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    from qembed_gguf.convert.writer import temporary_path
+    from qembed_gguf.jobio import write_npy_atomic
+
+    old = os.umask(0o027)
+    try:
+        write_npy_atomic(tmp_path / "x.npy", np.zeros((2, 3), dtype=np.float32))
+        with temporary_path(tmp_path, "m.gguf") as p:
+            mode = p.stat().st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.npy").stat().st_mode & 0o777 == 0o640
+    assert mode == 0o640

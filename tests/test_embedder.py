@@ -23,7 +23,9 @@ LONG_TEXTS = [
 ]
 ALL_TEXTS = TEXTS + LONG_TEXTS
 THRESHOLD = {"f16": 0.9999, "q8_0": 0.999, "q4_k_m": 0.96}
-BATCH_INVARIANCE = {"f16": 0.99999, "q8_0": 0.9999, "q4_k_m": 0.9999}
+# flash attention (the default) accumulates in half precision on CPU and its path depends on the
+# batch shape: batched vs alone measured >= 0.99983 for q4_k_m (vs 0.979 for q4_k_m vs HF itself)
+BATCH_INVARIANCE = {"f16": 0.99999, "q8_0": 0.9999, "q4_k_m": 0.9995}
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +85,7 @@ def test_batched_equals_one_at_a_time(outtype, embedders):
     rng = np.random.default_rng(0)
     order = rng.permutation(len(texts))
     single = np.stack([e.embed([t])[0] for t in texts])
-    for budget in (e.n_ctx, e.max_tokens):  # one big batch vs many small ones
+    for budget in (e.n_ctx, None, 64):  # one big decode call, the default (one micro-batch), many small
         batched = e.embed([texts[i] for i in order], batch_tokens=budget)
         cos = np.sum(batched * single[order], axis=1)
         assert cos.min() >= BATCH_INVARIANCE[outtype], (budget, np.round(cos, 7))
@@ -134,6 +136,24 @@ def test_gguf_without_pooling_and_eos_keys_still_correct(converted, hf_reference
 
 
 @pytest.mark.slow
+def test_context_starts_small_and_grows_on_demand(converted, hf_reference):
+    # the KV cache is resident once allocated: a short-text job must not pay for max_tokens of it
+    with Embedder(converted("tiny", "f16"), max_tokens=8192) as e:
+        rt = e._runtime
+        assert (rt.n_ctx, rt.max_ctx, e.n_ctx) == (512, 8192, 8192)
+        short = e.embed(TEXTS)
+        assert rt.n_ctx == 512
+        lengths = e.count_tokens(LONG_TEXTS)
+        got = e.embed(LONG_TEXTS)
+        assert max(lengths) <= rt.n_ctx < 2 * max(lengths)  # doubled just enough, not to max_tokens
+        _, ref = hf_reference("tiny", tuple(LONG_TEXTS))
+        assert np.sum(got.astype(np.float64) * ref, axis=1).min() >= THRESHOLD["f16"]
+        np.testing.assert_allclose(e.embed(TEXTS), short, atol=1e-5)  # short inputs unaffected by growth
+        with pytest.raises(ValueError, match="do not fit"):
+            rt.reserve(8193)
+
+
+@pytest.mark.slow
 def test_long_inputs_truncate_or_raise(converted, hf_reference, caplog):
     path = converted("tiny", "f16")
     long = "one two three four five six seven eight nine ten " * 30
@@ -174,7 +194,7 @@ def test_bad_inputs(embedders):
     assert e.embed([""]).shape == (1, 256) and np.isfinite(e.embed([""])).all()
     assert e.embed("one text").shape == (1, 256)
     with pytest.raises(InputError, match="batch_tokens"):
-        e.embed(["a"], batch_tokens=10)
+        e.embed(["a"], batch_tokens=e.n_ctx + 1)
     text = "user text that contains <|endoftext|> literally"
     assert e.count_tokens([text])[0] == len(e._runtime.tokenize(text)) + 1  # typed specials stay text
     with pytest.raises(BackendError, match="input index 1"):

@@ -1,0 +1,57 @@
+"""The throughput benchmark's smoke mode: the harness runs end to end (every contender, every
+workload, the report and the plot) on the bundled tiny model, so it cannot rot between real runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks" / "embed_bench.py"
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("embed_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_workload_texts_have_the_requested_token_counts(tiny_dir):
+    bench = _load_bench()
+    count = bench.TokenCounter(tiny_dir)
+    texts = bench.make_texts(count, 40, 8, 512, seed=1)
+    assert texts == bench.make_texts(count, 40, 8, 512, seed=1)  # deterministic
+    lengths = [count(t) for t in texts]
+    assert max(lengths) <= 512 and min(lengths) >= 4
+    assert max(lengths) > 200 and min(lengths) < 40  # log-uniform over the range, not clustered
+    long = bench.make_text(count, __import__("numpy").random.default_rng(0), 3000)
+    assert 2950 <= count(long) <= 3000
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_a_complete_report(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--out", str(out), "--work", str(work)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [report_json] = out.glob("*-smoke.json")
+    report = json.loads(report_json.read_text())
+    assert set(report["workloads"]) == {"W1", "W2", "W3", "W4", "scaling"}
+    for key in ("W1", "W2", "W4"):
+        rows = report["workloads"][key]["rows"]
+        assert rows and all(r["tokens_per_s"] > 0 and r["peak_rss_mb"] > 0 and not r["errors"] for r in rows), key
+    kinds = {r["kind"] for r in report["workloads"]["W1"]["rows"]}
+    assert kinds == {"qembed", "llama-cpp-python", "sentence-transformers"}
+    assert all(r["embedder_p50_ms"] > 0 and r["decode_p50_ms"] > 0 for r in report["workloads"]["W3"]["rows"])
+    assert len(report["workloads"]["scaling"]["seconds"]) == len(report["workloads"]["scaling"]["lengths"])
+    assert report["int8_gemm"]["ops_per_s"] > 0
+    assert {t["target"].split(":")[0] for t in report["targets"]} >= {"W1", "W4"}
+    md = report_json.with_suffix(".md").read_text()
+    assert "## Targets" in md and "## W1 corpus" in md and "![seconds per token" in md
+    assert report_json.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -187,7 +187,7 @@ def worker(job: dict) -> dict:
 
         model = Embedder(job["model"], n_threads=threads, **job.get("kwargs", {}))
         if job.get("reserve"):  # the context as it is after a job.reserve-token input: the KV cache fully grown
-            model._runtime.reserve(job["reserve"])
+            model._runtime.reserve(min(job["reserve"], model.n_ctx))
         embed = model.embed
     elif kind == "llama-cpp-python":
         import llama_cpp

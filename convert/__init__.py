@@ -18,6 +18,8 @@ import types
 from pathlib import Path
 
 from qembed_gguf import __version__, registry
+from qembed_gguf.gguf_check import seal
+
 from .checkpoint import Checkpoint
 from .mapping import Qwen3Params, TensorPlan, plan_tensors
 from .metadata import ModelInfo, write_metadata
@@ -128,7 +130,9 @@ def convert(
                 inter = OUTTYPES[_LOSSLESS_INTERMEDIATE.get(frozenset(ckpt.dtypes), "f32")]
                 with temporary_path(out.parent, out.name + "." + inter.name) as inter_path:
                     _write_python(ckpt, plan, params, vocab, info, inter, inter_path, quiet=quiet)
-                    llama_quantize(inter_path, tmp, ot, threads=threads)
+                    llama_quantize(inter_path, tmp, ot, threads=threads)  # copies every key, the seal's too
+            digest = seal(tmp)
+            log.debug("sealed %s: blake2b %s", out.name, digest)
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out
 

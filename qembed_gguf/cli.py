@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from . import __version__, backend, registry
+from . import __version__, backend, keys, registry
 from .errors import QembedError
 
 log = logging.getLogger("qembed_gguf")
@@ -104,6 +104,7 @@ def info(ctx, file, as_json):
     _setup_logging(ctx.obj["verbose"], quiet=True)
     gi = read_gguf_info(file)
     problems = gi.problems()
+    sealed = isinstance(gi.get(keys.INTEGRITY), str)
     if as_json:
         meta = {k: (v if isinstance(v, (str, int, float, bool)) or v is None else repr(v))
                 for k, v in gi.metadata.items() if not k.startswith("tokenizer.ggml.") or not hasattr(v, "__len__")}
@@ -111,12 +112,44 @@ def info(ctx, file, as_json):
             "path": str(gi.path), "file_size": gi.file_size, "architecture": gi.architecture, "dim": gi.dim,
             "layers": gi.layers, "pooling": gi.pooling, "eos_token": gi.eos_token, "file_type": gi.file_type,
             "bits_per_weight": round(gi.bits_per_weight, 4), "type_mix": gi.type_mix, "problems": problems,
-            "metadata": meta,
+            "sealed": sealed, "metadata": meta,
         }, indent=2))
     else:
         click.echo(render_info(gi))
+        click.echo("integrity: " + ("sealed (qembed-gguf verify FILE checks every byte)" if sealed else
+                                    "no seal (not written by qembed-gguf convert; cannot be verified)"))
     if problems:
         sys.exit(3)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.pass_context
+@_library_errors
+def verify(ctx, file):
+    """Check a GGUF file: its header and Qwen3 layout, then every byte against its integrity seal.
+
+    Exits with 0 when all is well, 1 when the file is malformed or does not match its seal, and 3
+    when it is well-formed but carries no seal (not written by qembed-gguf convert).
+    """
+    import time
+
+    from .errors import IntegrityError
+    from .gguf_check import check_gguf, verify_integrity
+
+    _setup_logging(ctx.obj["verbose"], quiet=True)
+    start = time.perf_counter()
+    header = check_gguf(file)
+    status = verify_integrity(file)
+    seconds = time.perf_counter() - start
+    if not status.sealed:
+        click.echo(f"{file}: header and Qwen3 layout valid; no integrity seal, so its bytes cannot be verified")
+        sys.exit(3)
+    if not status.ok:
+        raise IntegrityError(f"{file}: content does not match its seal (expected {status.expected}, got "
+                             f"{status.actual}): the file is corrupted or was modified")
+    click.echo(f"{file}: OK — header and Qwen3 layout valid, all {header.file_size} bytes match the seal "
+               f"(blake2b {status.actual[:16]}…) in {seconds:.1f} s")
 
 
 @main.command()
@@ -136,14 +169,21 @@ def info(ctx, file, as_json):
 @click.option("--precision", type=click.Choice(["float32", "int8", "uint8", "binary", "ubinary"]), default="float32",
               show_default=True)
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
+@click.option("--restart", is_flag=True, help="Discard the work of an interrupted run of this job instead of resuming it.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Texts per checkpoint: an interrupted job resumes from the last finished chunk.")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="Layers to offload to a GPU (-1: all).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.pass_context
 @_library_errors
 def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_tokens, max_tokens, no_truncate,
-          precision, force, threads, n_gpu_layers, quiet):
+          precision, force, restart, chunk_size, threads, n_gpu_layers, quiet):
     """Embed the texts of INPUT (.txt, .jsonl, or - for stdin) with MODEL into a .npy file.
+
+    Large inputs are streamed and checkpointed every --chunk-size texts: if the job is killed,
+    running the same command again resumes it (the input's hash is checked) and the output is
+    identical to an uninterrupted run's.
 
     \b
     Examples:
@@ -151,12 +191,10 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
       qembed-gguf embed model.gguf corpus.jsonl -o corpus.npy --dim 256 --precision int8
       cat queries.txt | qembed-gguf embed model.gguf - -o q.npy --query
     """
-    import time
     from pathlib import Path
 
     from .embedder import Embedder
-    from .jobio import ids_path, read_input, write_json_atomic, write_npy_atomic
-    from .postprocess import quantize_embeddings
+    from .jobs import JobSettings, run_embed_job
 
     _setup_logging(ctx.obj["verbose"], quiet)
     if task is not None and not query:
@@ -164,30 +202,31 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
     out = Path(output)
     if out.suffix != ".npy":
         raise click.UsageError("the output must be a .npy file")
-    if not force and (out.exists() or ids_path(out).exists()):
-        raise click.ClickException(f"{out} (or its .ids.json) exists; pass --force to overwrite")
     if not out.parent.is_dir():
         raise click.ClickException(f"output folder {out.parent} does not exist")
-    job = read_input(input_path, fmt=fmt, field=field)
-    if precision in ("int8", "uint8") and len(job.texts) < 2:
-        raise click.ClickException(f"--precision {precision} computes its buckets from the inputs: it needs at "
-                                   f"least 2 texts, got {len(job.texts)}")
-    with Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
-                  truncate=not no_truncate) as embedder:
-        texts = [embedder.format_query(t, task) for t in job.texts] if query else job.texts
-        start = time.perf_counter()
-        vectors = embedder.embed(texts, dim=dim, batch_tokens=batch_tokens, show_progress=not quiet)
-        seconds = time.perf_counter() - start
-        # the summary's token count re-tokenizes (cheap next to decoding); skipped with --quiet
-        n_tokens = sum(embedder.count_tokens(texts)) if not quiet else 0
-    write_npy_atomic(out, quantize_embeddings(vectors, precision))
-    if job.ids is not None:
-        write_json_atomic(ids_path(out), job.ids)
+
+    def load() -> Embedder:  # only once the input has been validated
+        return Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
+                        truncate=not no_truncate)
+
+    settings = JobSettings(fmt=fmt, field=field, query=query, task=task, dim=dim, precision=precision,
+                           batch_tokens=batch_tokens, chunk_size=chunk_size)
+    bar = None
     if not quiet:
-        rate = len(job.texts) / seconds if seconds > 0 else float("inf")
-        click.echo(f"{len(job.texts)} texts → {out} ({vectors.shape[1]} dims, {precision}); "
-                   f"{n_tokens} tokens in {seconds:.2f} s: {rate:.1f} docs/s, "
-                   f"{n_tokens / seconds if seconds > 0 else 0:.0f} tokens/s", err=True)
+        from tqdm.auto import tqdm
+        bar = tqdm(unit="text", desc="embedding")
+    try:
+        result = run_embed_job(load, input_path, out, settings, force=force, restart=restart,
+                               progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not quiet:
+        rate = result.n_texts / result.seconds if result.seconds > 0 else float("inf")
+        resumed = f"; resumed: {result.resumed_chunks} chunk(s) were already done" if result.resumed_chunks else ""
+        click.echo(f"{result.n_texts} texts → {out} ({result.dim} dims, {precision}); {result.n_tokens} tokens "
+                   f"in {result.seconds:.2f} s: {rate:.1f} docs/s, "
+                   f"{result.n_tokens / result.seconds if result.seconds > 0 else 0:.0f} tokens/s{resumed}", err=True)
 
 
 @main.command()
@@ -230,7 +269,7 @@ def demo(ctx, model):
         click.echo(f"MRL: the same documents at dim {e.mrl_min_dim}: shape {small.shape}, norms "
                    f"{np.round(np.linalg.norm(small, axis=1), 3).tolist()}")
         click.echo(f"throughput: {len(queries) + len(documents)} texts, {tokens} tokens in {seconds * 1000:.0f} ms "
-                   f"({tokens / seconds:.0f} tokens/s; model loaded beforehand, {e.n_ctx}-token batches)")
+                   f"({tokens / seconds:.0f} tokens/s; model loaded beforehand, {e.batch_tokens}-token batches)")
 
 
 @main.command("models")

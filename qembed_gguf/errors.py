@@ -11,6 +11,8 @@ subclasses the builtin that matches its meaning, so that callers' existing ``exc
     │   └── TensorMismatchError              unknown, missing or wrongly shaped tensor
     ├── OutputExistsError(FileExistsError)   refusing to overwrite without ``force``
     ├── ModelLoadError(OSError)              a GGUF cannot be opened / read / loaded
+    │   ├── CorruptModelError                the GGUF header is malformed (field + byte offset)
+    │   └── IntegrityError                   the file does not match its integrity seal
     ├── UnknownModelError(LookupError)       a name is not in the registry
     ├── BackendError(RuntimeError)           llama.cpp / llama-cpp-python cannot do what was asked
     └── InputError(ValueError)               bad user input
@@ -32,6 +34,8 @@ __all__ = [
     "TensorMismatchError",
     "OutputExistsError",
     "ModelLoadError",
+    "CorruptModelError",
+    "IntegrityError",
     "UnknownModelError",
     "BackendError",
     "InputError",
@@ -82,6 +86,21 @@ class OutputExistsError(QembedError, FileExistsError):
 
 class ModelLoadError(QembedError, OSError):
     """A GGUF file cannot be read or loaded."""
+
+
+class CorruptModelError(ModelLoadError):
+    """A GGUF file is malformed; ``field`` names the key/tensor and ``offset`` the byte where it went wrong."""
+
+    def __init__(self, message: str, *, path: Path | str, field: str, offset: int | None):
+        where = f"at byte offset {offset}" if offset is not None else "absent"
+        super().__init__(f"{path}: {field} ({where}): {message}")
+        self.path = Path(path)
+        self.field = field
+        self.offset = offset
+
+
+class IntegrityError(ModelLoadError):
+    """A sealed file's content no longer matches its seal, or a file to verify has no seal."""
 
 
 class UnknownModelError(QembedError, LookupError):

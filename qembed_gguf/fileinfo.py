@@ -157,8 +157,16 @@ def _value(field: gguf.ReaderField) -> Any:
 
 
 def read_gguf_info(path: str | Path) -> GGUFInfo:
-    """Read a GGUF file's metadata and tensor table (not its tensor data)."""
+    """Read a GGUF file's metadata and tensor table (not its tensor data).
+
+    The header is validated structurally first (:func:`qembed_gguf.gguf_check.read_header`), so a
+    malformed file is a :class:`CorruptModelError` naming the field and byte offset, and gguf-py's
+    reader only ever sees well-formed headers.
+    """
+    from .gguf_check import read_header
+
     path = Path(path)
+    read_header(path)
     try:
         reader = gguf.GGUFReader(path)
     except FileNotFoundError:

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterable, Iterator
 
 import numpy as np
 
 from .convert.writer import default_file_mode
 from .errors import InputError
 
-__all__ = ["JobInput", "parse_txt", "parse_jsonl", "read_input", "write_npy_atomic", "write_json_atomic", "ids_path"]
+__all__ = ["JobInput", "NO_ID", "iter_txt", "iter_jsonl", "iter_records", "input_format", "parse_txt", "parse_jsonl",
+           "read_input", "atomic_file", "write_npy_atomic", "write_json_atomic", "ids_path"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,18 +39,19 @@ def _decode(raw: bytes, lineno: int, source: str) -> str:
         raise InputError(f"{source}: line {lineno} is not valid UTF-8 (byte {exc.start} of the line)") from None
 
 
-def parse_txt(data: bytes, *, source: str = "<input>") -> JobInput:
-    """One text per line (``\\n`` or ``\\r\\n``); empty lines are empty texts; no final empty line."""
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return JobInput([_decode(line.removesuffix(b"\r"), i, source) for i, line in enumerate(lines, 1)], None)
+NO_ID = object()
 
 
-def parse_jsonl(data: bytes, *, field: str = "text", source: str = "<input>") -> JobInput:
-    """One JSON object per line with a string ``field`` and an optional ``id``; blank lines skipped."""
-    texts, ids, with_id = [], [], None
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
+def iter_txt(lines: Iterable[bytes], *, source: str = "<input>") -> Iterator[tuple[int, str, Any]]:
+    """(line number, text, NO_ID) per line; ``lines`` as a binary file yields them (newline kept)."""
+    for lineno, raw in enumerate(lines, 1):
+        yield lineno, _decode(raw.removesuffix(b"\n").removesuffix(b"\r"), lineno, source), NO_ID
+
+
+def iter_jsonl(lines: Iterable[bytes], *, field: str = "text", source: str = "<input>") -> Iterator[tuple[int, str, Any]]:
+    """(line number, text, id or NO_ID) per non-blank line; ids must be on all lines or none."""
+    with_id = None
+    for lineno, raw in enumerate(lines, 1):
         line = _decode(raw, lineno, source).strip()
         if not line:
             continue
@@ -67,13 +70,43 @@ def parse_jsonl(data: bytes, *, field: str = "text", source: str = "<input>") ->
             with_id = has_id
         elif has_id != with_id:
             raise InputError(f"{source}: line {lineno} {'has' if has_id else 'lacks'} an 'id' unlike the lines before it")
-        texts.append(obj[field])
-        ids.append(obj.get("id"))
-    return JobInput(texts, ids if with_id else None)
+        yield lineno, obj[field], obj["id"] if has_id else NO_ID
+
+
+def _collect(records: Iterable[tuple[int, str, Any]]) -> JobInput:
+    texts, ids = [], []
+    for _, text, id_ in records:
+        texts.append(text)
+        ids.append(id_)
+    return JobInput(texts, ids if ids and ids[0] is not NO_ID else None)
+
+
+def parse_txt(data: bytes, *, source: str = "<input>") -> JobInput:
+    """One text per line (``\\n`` or ``\\r\\n``); empty lines are empty texts; no final empty line."""
+    return _collect(iter_txt(io.BytesIO(data), source=source))
+
+
+def parse_jsonl(data: bytes, *, field: str = "text", source: str = "<input>") -> JobInput:
+    """One JSON object per line with a string ``field`` and an optional ``id``; blank lines skipped."""
+    return _collect(iter_jsonl(io.BytesIO(data), field=field, source=source))
+
+
+def input_format(path: str, fmt: str) -> str:
+    if fmt == "auto":
+        return "jsonl" if str(path).endswith((".jsonl", ".ndjson")) else "txt"
+    if fmt not in ("txt", "jsonl"):
+        raise InputError(f"unknown input format {fmt!r}")
+    return fmt
+
+
+def iter_records(fh: IO[bytes], *, fmt: str, field: str, source: str) -> Iterator[tuple[int, str, Any]]:
+    """Stream an input's records from a binary file object (``fmt`` already resolved)."""
+    return iter_jsonl(fh, field=field, source=source) if fmt == "jsonl" else iter_txt(fh, source=source)
 
 
 def read_input(path: str, *, fmt: str = "auto", field: str = "text", stdin: IO[bytes] | None = None) -> JobInput:
     """Read a job's input: ``path`` is a file or ``-`` (standard input); ``fmt`` auto/txt/jsonl."""
+    fmt = input_format(path, fmt)
     if path == "-":
         data = (stdin or os.fdopen(0, "rb", closefd=False)).read()
         source = "<stdin>"
@@ -83,13 +116,7 @@ def read_input(path: str, *, fmt: str = "auto", field: str = "text", stdin: IO[b
         except OSError as exc:
             raise InputError(f"{path}: cannot read input ({exc.strerror})") from None
         source = path
-    if fmt == "auto":
-        fmt = "jsonl" if str(path).endswith((".jsonl", ".ndjson")) else "txt"
-    if fmt == "jsonl":
-        return parse_jsonl(data, field=field, source=source)
-    if fmt == "txt":
-        return parse_txt(data, source=source)
-    raise InputError(f"unknown input format {fmt!r}")
+    return parse_jsonl(data, field=field, source=source) if fmt == "jsonl" else parse_txt(data, source=source)
 
 
 def ids_path(out: Path) -> Path:
@@ -97,7 +124,7 @@ def ids_path(out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _atomic(path: Path):
+def atomic_file(path: Path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; outputs are ordinary files
     try:
@@ -106,17 +133,28 @@ def _atomic(path: Path):
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (power loss), where the OS allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def write_npy_atomic(path: Path, array: np.ndarray) -> None:
-    with _atomic(path) as fh:
+    with atomic_file(path) as fh:
         np.save(fh, array, allow_pickle=False)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    with _atomic(path) as fh:
+    with atomic_file(path) as fh:
         fh.write(json.dumps(obj, ensure_ascii=False).encode("utf-8"))

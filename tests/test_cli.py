@@ -56,7 +56,7 @@ def test_errors_are_one_line_messages(runner, tmp_path, tiny_dir):
     assert result.exit_code == 1
     assert "OutputExistsError" in result.output and "Traceback" not in result.output
     result = runner.invoke(main, ["info", str(tmp_path / "x.gguf")])
-    assert result.exit_code == 1 and "ModelLoadError" in result.output
+    assert result.exit_code == 1 and "CorruptModelError" in result.output and "byte offset 0" in result.output
     result = runner.invoke(main, ["convert", str(tiny_dir), "-t", "q9_9"])
     assert result.exit_code == 2  # usage error
 

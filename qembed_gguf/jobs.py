@@ -1,0 +1,248 @@
+"""Resumable, streaming embedding jobs: what ``qembed-gguf embed`` runs.
+
+A job reads its input twice, streaming, never holding all texts: a first pass validates every line
+(a bad line fails before any model is loaded) and hashes the bytes; the second embeds the records
+``chunk_size`` at a time. Each chunk's float32 vectors are written, atomically and fsync'ed, into a
+job folder next to the output (``.OUT.npy.job/``) together with a manifest naming the input's
+SHA-256, the model file and every setting that changes the numbers. After a kill -9 or a power
+loss, running the same command again finds the folder, checks that nothing changed, skips the
+finished chunks and goes on; a changed input or setting is refused (``restart=True`` discards the
+old work instead). Chunk boundaries, and so the decode batches, do not depend on where a run
+stopped, so a resumed job's output is bit-for-bit the uninterrupted one's. Finally the chunks are
+quantized (int8/uint8 buckets from all rows, as in one pass) and streamed into the ``.npy`` (and
+``.ids.json``), written atomically; then the job folder is removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+import numpy as np
+
+from .errors import InputError, OutputExistsError
+from .jobio import NO_ID, atomic_file, fsync_dir, ids_path, input_format, iter_records
+
+__all__ = ["JobSettings", "JobResult", "run_embed_job", "job_dir"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+DEFAULT_CHUNK = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSettings:
+    """Everything that changes the output's numbers (and so must match when a job resumes)."""
+
+    fmt: str = "auto"
+    field: str = "text"
+    query: bool = False               # embed as queries: with the instruction
+    task: str | None = None           # the query instruction (default: the model's)
+    dim: int | None = None
+    precision: str = "float32"
+    batch_tokens: int | None = None
+    chunk_size: int = DEFAULT_CHUNK
+
+
+@dataclasses.dataclass(frozen=True)
+class JobResult:
+    n_texts: int
+    n_tokens: int
+    dim: int
+    seconds: float
+    resumed_chunks: int
+    output: Path
+
+
+def job_dir(out: Path) -> Path:
+    return out.with_name(f".{out.name}.job")
+
+
+def _open_input(path: str, stdin: IO[bytes] | None) -> tuple[Callable[[], IO[bytes]], str]:
+    if path == "-":
+        import io
+
+        data = (stdin or os.fdopen(0, "rb", closefd=False)).read()  # a pipe cannot be read twice
+        return (lambda: io.BytesIO(data)), "<stdin>"
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{path}: is a folder, not an input file")
+    try:
+        open(p, "rb").close()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read input ({exc.strerror})") from None
+    return (lambda: open(p, "rb")), path
+
+
+class _HashingReader:
+    """Iterates lines of a binary file while hashing every byte read."""
+
+    def __init__(self, fh: IO[bytes]):
+        self.fh, self.sha, self.size = fh, hashlib.sha256(), 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self.fh:
+            self.sha.update(line)
+            self.size += len(line)
+            yield line
+
+
+def _scan(opener, fmt: str, field: str, source: str) -> tuple[int, bool, str, int]:
+    """Validate every record; (count, has ids, sha256, bytes)."""
+    n, has_ids = 0, False
+    with opener() as fh:
+        reader = _HashingReader(fh)
+        for _, _, id_ in iter_records(reader, fmt=fmt, field=field, source=source):
+            n += 1
+            has_ids = id_ is not NO_ID
+        for _ in reader:  # trailing bytes the record iterator did not need (none today; be exact)
+            pass
+    return n, has_ids, reader.sha.hexdigest(), reader.size
+
+
+def _model_fingerprint(path: Path, seal: str | None) -> dict[str, Any]:
+    st = path.stat()
+    return {"file": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "seal": seal}
+
+
+def _check_manifest(old: dict, new: dict, folder: Path) -> None:
+    def differs(what: str, a, b) -> InputError:
+        return InputError(f"an interrupted job in {folder} was started with a different {what} ({a!r}, now {b!r}); "
+                          f"its work cannot be mixed with this run: rerun with --restart to discard it")
+
+    if old.get("version") != new["version"]:
+        raise differs("job format version", old.get("version"), new["version"])
+    if old["input"]["sha256"] != new["input"]["sha256"]:
+        raise InputError(f"the input changed since the interrupted job in {folder} started (SHA-256 "
+                         f"{old['input']['sha256'][:12]}…, now {new['input']['sha256'][:12]}…); its work cannot be "
+                         f"mixed with this input: rerun with --restart to discard it")
+    if old["model"] != new["model"]:
+        raise differs("model file", old["model"], new["model"])
+    for key, value in new["settings"].items():
+        if old["settings"].get(key) != value:
+            raise differs(f"setting {key}", old["settings"].get(key), value)
+
+
+def _chunk_path(folder: Path, k: int) -> Path:
+    return folder / f"chunk-{k:06d}.npy"
+
+
+def _chunk_ok(path: Path, rows: int, dim: int) -> bool:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return False
+    return arr.shape == (rows, dim) and arr.dtype == np.float32
+
+
+def run_embed_job(embedder, input_path: str, out: Path, settings: JobSettings, *, force: bool = False,
+                  restart: bool = False, stdin: IO[bytes] | None = None,
+                  progress: Callable[[int], None] | None = None) -> JobResult:
+    """Embed every record of ``input_path`` into ``out`` (.npy), resuming an interrupted run.
+
+    ``embedder`` is an open :class:`~qembed_gguf.Embedder` or a zero-argument callable returning
+    one (called only after the input was validated, so a bad line costs no model load).
+    """
+    from .postprocess import quantize_embeddings
+
+    out = Path(out)
+    if settings.chunk_size < 1:
+        raise InputError(f"chunk_size must be positive, got {settings.chunk_size}")
+    folder = job_dir(out)
+    if not force and (out.exists() or ids_path(out).exists()):
+        raise OutputExistsError(f"{out} (or its .ids.json) exists; pass --force to overwrite")
+    fmt = input_format(input_path, settings.fmt)
+    opener, source = _open_input(input_path, stdin)
+    n, has_ids, sha, size = _scan(opener, fmt, settings.field, source)
+    if settings.precision in ("int8", "uint8") and n < 2:
+        raise InputError(f"precision {settings.precision} computes its buckets from the inputs: it needs at least "
+                         f"2 texts, got {n}")
+
+    owns = callable(embedder) and not hasattr(embedder, "embed")
+    e = embedder() if owns else embedder
+    try:
+        from .keys import INTEGRITY
+
+        seal = e.info.get(INTEGRITY)
+        instruction = (e.facts.default_task if settings.task is None else settings.task) if settings.query else None
+        manifest = {"version": MANIFEST_VERSION, "input": {"source": source, "sha256": sha, "bytes": size,
+                                                           "records": n},
+                    "model": _model_fingerprint(Path(e.path), seal),
+                    "settings": {**dataclasses.asdict(settings), "fmt": fmt, "instruction": instruction,
+                                 "max_tokens": e.max_tokens,
+                                 "truncate": e.truncate, "normalize": e.normalize}}
+        if restart and folder.exists():
+            shutil.rmtree(folder)
+        resumed = 0
+        if (folder / "manifest.json").exists():
+            _check_manifest(json.loads((folder / "manifest.json").read_text()), manifest, folder)
+        else:
+            folder.mkdir(exist_ok=True)
+            with atomic_file(folder / "manifest.json") as fh:
+                fh.write(json.dumps(manifest, indent=1).encode())
+        dim = settings.dim or e.dim
+        n_chunks = -(-n // settings.chunk_size)
+        started = time.perf_counter()
+        n_tokens = 0
+        with opener() as fh:
+            records = iter_records(fh, fmt=fmt, field=settings.field, source=source)
+            for k in range(n_chunks):
+                rows = min(settings.chunk_size, n - k * settings.chunk_size)
+                chunk = [next(records) for _ in range(rows)]
+                path = _chunk_path(folder, k)
+                if _chunk_ok(path, rows, dim):
+                    resumed += 1
+                else:
+                    texts = [t for _, t, _ in chunk]
+                    if instruction is not None:
+                        texts = [e.format_query(t, instruction) for t in texts]
+                    vectors = e.embed(texts, dim=settings.dim, batch_tokens=settings.batch_tokens)
+                    n_tokens += sum(e.count_tokens(texts))
+                    if has_ids:
+                        with atomic_file(folder / f"chunk-{k:06d}.ids.json") as fid:
+                            fid.write(json.dumps([i for _, _, i in chunk], ensure_ascii=False).encode())
+                    with atomic_file(path) as fout:  # the vectors last: their presence marks the chunk done
+                        np.save(fout, vectors, allow_pickle=False)
+                if progress:
+                    progress(rows)
+        seconds = time.perf_counter() - started
+        if resumed:
+            log.info("resumed %s: %d of %d chunks were already done", out, resumed, n_chunks)
+    finally:
+        if owns:
+            e.close()
+
+    chunks = [_chunk_path(folder, k) for k in range(n_chunks)]
+    ranges = None
+    if settings.precision in ("int8", "uint8"):
+        lo = np.full(dim, np.inf, dtype=np.float32)
+        hi = np.full(dim, -np.inf, dtype=np.float32)
+        for c in chunks:
+            a = np.load(c, mmap_mode="r")
+            lo, hi = np.minimum(lo, a.min(axis=0)), np.maximum(hi, a.max(axis=0))
+        ranges = np.vstack((lo, hi))
+    sample = quantize_embeddings(np.zeros((2, dim), dtype=np.float32), settings.precision, ranges=ranges)
+    with atomic_file(out) as fout:
+        np.lib.format.write_array_header_1_0(fout, {"descr": np.lib.format.dtype_to_descr(sample.dtype),
+                                                    "fortran_order": False, "shape": (n, sample.shape[1])})
+        for c in chunks:
+            fout.write(np.ascontiguousarray(
+                quantize_embeddings(np.load(c), settings.precision, ranges=ranges)).tobytes())
+    if has_ids:
+        with atomic_file(ids_path(out)) as fid:
+            fid.write(b"[")
+            for k in range(n_chunks):
+                part = (folder / f"chunk-{k:06d}.ids.json").read_bytes()[1:-1]
+                fid.write((b"," if k and part else b"") + part)
+            fid.write(b"]")
+    shutil.rmtree(folder, ignore_errors=True)
+    fsync_dir(out.parent)
+    return JobResult(n, n_tokens, dim, seconds, resumed, out)

@@ -158,9 +158,7 @@ class Embedder:
         check_gguf(self.path)  # before llama.cpp's own parser sees the file
         if verify:
             require_integrity(self.path)
-        self.info = read_gguf_info(self.path)
-        if self.info.architecture != "qwen3":
-            raise ModelLoadError(f"{self.path}: architecture {self.info.architecture!r} is not a Qwen3 embedding model")
+        self.info = read_gguf_info(self.path, validated=True)  # check_gguf refused non-Qwen3 files
         self.facts = _facts(self.info)
         for problem in self.info.problems():
             log.warning("%s: %s — corrected at run time (pooling LAST forced, <|endoftext|> appended)",

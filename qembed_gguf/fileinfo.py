@@ -156,17 +156,19 @@ def _value(field: gguf.ReaderField) -> Any:
     return field.contents()
 
 
-def read_gguf_info(path: str | Path) -> GGUFInfo:
+def read_gguf_info(path: str | Path, *, validated: bool = False) -> GGUFInfo:
     """Read a GGUF file's metadata and tensor table (not its tensor data).
 
     The header is validated structurally first (:func:`qembed_gguf.gguf_check.read_header`), so a
     malformed file is a :class:`CorruptModelError` naming the field and byte offset, and gguf-py's
-    reader only ever sees well-formed headers.
+    reader only ever sees well-formed headers. ``validated=True``: the caller already ran
+    :func:`~qembed_gguf.gguf_check.check_gguf` on it, so the header is not walked twice.
     """
     from .gguf_check import read_header
 
     path = Path(path)
-    read_header(path)
+    if not validated:
+        read_header(path)
     try:
         reader = gguf.GGUFReader(path)
     except FileNotFoundError:

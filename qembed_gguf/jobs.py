@@ -103,8 +103,6 @@ def _scan(opener, fmt: str, field: str, source: str) -> tuple[int, bool, str, in
         for _, _, id_ in iter_records(reader, fmt=fmt, field=field, source=source):
             n += 1
             has_ids = id_ is not NO_ID
-        for _ in reader:  # trailing bytes the record iterator did not need (none today; be exact)
-            pass
     return n, has_ids, reader.sha.hexdigest(), reader.size
 
 

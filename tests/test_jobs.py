@@ -40,7 +40,7 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(converted, tmp_pat
     src.write_text("".join(json.dumps({"id": f"doc-{i}", "text": t}) + "\n" for i, t in enumerate(_corpus(600))))
     args = [model, str(src), "--chunk-size", "16", "--dim", "128", "--precision", "int8"]
     want = tmp_path / "want.npy"
-    subprocess.run(_cli(*args, "-o", str(want)), check=True)
+    subprocess.run(_cli(*args, "-o", str(want)), check=True, cwd=tmp_path)
 
     out = tmp_path / "got.npy"
     rng = random.Random(7)
@@ -50,7 +50,7 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(converted, tmp_pat
 
     kills, progress = 0, []
     while kills < 6:
-        proc = subprocess.Popen(_cli(*args, "-o", str(out)))
+        proc = subprocess.Popen(_cli(*args, "-o", str(out)), cwd=tmp_path)
         # kill at a random point after this run has added at least one chunk (whatever the machine's speed)
         before, deadline = chunks_done(), time.monotonic() + 120
         while chunks_done() <= before and proc.poll() is None and time.monotonic() < deadline:
@@ -65,7 +65,7 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(converted, tmp_pat
         progress.append(chunks_done())
     assert kills >= 5, f"the job finished before 5 kills ({kills}); make it longer"
     assert progress == sorted(progress) and progress[-1] < 600 // 16, progress  # mid-job, work kept across kills
-    subprocess.run(_cli(*args, "-o", str(out)), check=True)
+    subprocess.run(_cli(*args, "-o", str(out)), check=True, cwd=tmp_path)
     assert out.read_bytes() == want.read_bytes()
     assert out.with_name("got.ids.json").read_bytes() == want.with_name("want.ids.json").read_bytes()
     assert not job_dir(out).exists()

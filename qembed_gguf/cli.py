@@ -230,6 +230,61 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
 
 
 @main.command()
+@click.argument("model")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key", envvar="QEMBED_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' (env QEMBED_API_KEY).")
+@click.option("--model-name", "model_names", multiple=True,
+              help="Model id clients send as 'model' (repeatable; default: the MODEL argument, or a file's stem).")
+@click.option("--cache", "cache_spec", default=None, envvar="QEMBED_SERVE_CACHE",
+              help="Vector cache: sqlite:///path.db, a .db path, redis://host:6379/0, or memory.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Longest input in tokens.")
+@click.option("--truncate", is_flag=True, help="Cut over-long inputs by default instead of answering 400.")
+@click.option("--max-inputs", type=click.IntRange(min=1), default=2048, show_default=True, help="Inputs per request.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=16.0, show_default=True,
+              help="Largest request body, MiB.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Inputs waiting before requests get 429.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a batch waits for requests still arriving.")
+@click.option("--flash-attn/--no-flash-attn", default=True, show_default=True,
+              help="Flash attention (faster; off: vectors vary less with what shares their batch).")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="Layers to offload to a GPU (-1: all).")
+@click.pass_context
+@_library_errors
+def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, truncate, max_inputs, max_body_mb,
+          max_queue, batch_wait_ms, flash_attn, threads, n_gpu_layers):
+    """Serve MODEL as an OpenAI-compatible embeddings API (/v1/embeddings, /v1/models, /health).
+
+    \b
+    Example:
+      qembed-gguf serve Qwen3-Embedding-0.6B-Q8_0.gguf --port 8000
+      curl localhost:8000/v1/embeddings -H 'content-type: application/json' \\
+           -d '{"model": "Qwen3-Embedding-0.6B-Q8_0", "input": ["hello"], "dimensions": 256}'
+    """
+    from pathlib import Path
+
+    try:
+        from .server import Limits, ServerConfig, run
+    except ImportError as e:
+        raise click.ClickException(str(e)) from None
+    from .embedder import Embedder
+
+    _setup_logging(ctx.obj["verbose"], quiet=False)
+    if max_queue < max_inputs:
+        raise click.UsageError(f"--max-queue ({max_queue}) must be >= --max-inputs ({max_inputs})")
+    names = tuple(model_names) or (Path(model).stem if model.endswith(".gguf") else model,)
+    embedder = Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
+                        flash_attn=flash_attn, cache=cache_spec)
+    config = ServerConfig(model_names=names, api_key=api_key or None, truncate=truncate,
+                          limits=Limits(max_inputs=max_inputs, max_body_bytes=int(max_body_mb * (1 << 20))),
+                          max_wait_ms=batch_wait_ms, max_queue_inputs=max_queue)
+    run(embedder, config, host=host, port=port, log_level="debug" if ctx.obj["verbose"] > 1 else "info")
+
+
+@main.command()
 @click.option("--model", default="tiny", show_default=True, help="Model to demonstrate (bundled tiny: offline).")
 @click.pass_context
 @_library_errors

@@ -26,14 +26,15 @@ import numpy as np
 
 from . import keys, registry
 from .batching import plan_batches
+from .cache import RECIPE_VERSION, EmbeddingCache, VectorCache, open_cache
 from .errors import InputError, InputTooLongError, ModelLoadError
 from .fileinfo import GGUFInfo, read_gguf_info
-from .gguf_check import check_gguf, require_integrity
+from .gguf_check import check_gguf, content_fingerprint, require_integrity
 from .modelcache import resolve_model
 from .postprocess import PRECISIONS, check_finite, l2_normalize, quantize_embeddings, truncate_dim
 from .runtime import LlamaRuntime
 
-__all__ = ["Embedder", "ModelFacts"]
+__all__ = ["Embedder", "ModelFacts", "EmbedderStats"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,17 @@ class ModelFacts:
     query_template: str
     default_task: str
     context: int
+
+
+@dataclasses.dataclass
+class EmbedderStats:
+    """Counters of an Embedder's work since it was created (read them, don't write them)."""
+
+    decode_calls: int = 0        # llama_decode calls
+    sequences_decoded: int = 0   # inputs that went through the model
+    tokens_decoded: int = 0
+    cache_hits: int = 0          # inputs answered by the cache, without a decode
+    cache_misses: int = 0
 
 
 def _facts(info: GGUFInfo) -> ModelFacts:
@@ -77,6 +89,27 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def _check_token_lists(inputs: Sequence[Sequence[int]], n_vocab: int) -> list[list[int]]:
+    """Validate token-id inputs: non-empty lists of ints in ``[0, n_vocab)``; errors name the input."""
+    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
+        raise TypeError(f"token inputs must be a sequence of token-id lists, got {type(inputs).__name__}")
+    out = []
+    for i, seq in enumerate(inputs):
+        if isinstance(seq, np.ndarray) and seq.ndim == 1 and np.issubdtype(seq.dtype, np.integer):
+            seq = seq.tolist()
+        if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
+            raise TypeError(f"tokens[{i}] is {type(seq).__name__}, not a list of token ids")
+        if not seq:
+            raise InputError(f"tokens[{i}] is empty")
+        for j, t in enumerate(seq):
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise TypeError(f"tokens[{i}][{j}] is {type(t).__name__}, not an integer token id")
+            if not 0 <= t < n_vocab:
+                raise InputError(f"tokens[{i}][{j}] = {t} is not a token id of this model (vocabulary: 0..{n_vocab - 1})")
+        out.append([int(t) for t in seq])
+    return out
 
 
 def _check_texts(texts: str | Sequence[str]) -> list[str]:
@@ -126,6 +159,11 @@ class Embedder:
             converter wrote (``qembed.integrity.blake2b``; about 1 s per GB); a mismatch or a file
             without a seal raises :class:`IntegrityError`. Whatever this says, the header is always
             validated (:func:`qembed_gguf.gguf_check.check_gguf`) before llama.cpp reads it.
+        cache: a persistent vector cache: ``"sqlite:///path.db"`` (or a ``.db`` path),
+            ``"redis://host:6379/0"``, ``"memory"``, or an :class:`~qembed_gguf.cache.EmbeddingCache`.
+            Keyed by (model content fingerprint, settings, dim, normalize, exact model input incl.
+            the instruction); a hit returns the stored vector without a decode (``stats.cache_hits``).
+            Text inputs only. The Embedder closes a cache it opened from a spec, not one passed in.
         verbose: show llama.cpp's own log.
         cache_dir, convert_type, revision: where and how checkpoints are converted.
 
@@ -149,6 +187,7 @@ class Embedder:
         kv_cache_type: str = "f16",
         use_mmap: bool = False,
         verify: bool = False,
+        cache: "str | os.PathLike[str] | EmbeddingCache | None" = None,
         verbose: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
         convert_type: str = "q8_0",
@@ -201,6 +240,19 @@ class Embedder:
             self.close()
             raise ModelLoadError(f"{self.path}: the vocabulary has no {POOLING_TOKEN} token to pool on")
         self._eos = eos
+        self.stats = EmbedderStats()
+        self._owns_cache = cache is not None and not isinstance(cache, EmbeddingCache)
+        self._cache: VectorCache | None = None
+        try:
+            backend = open_cache(cache)
+            if backend is not None:
+                settings = (f"{RECIPE_VERSION}|max_tokens={self._max_tokens}|truncate={self.truncate}|"
+                            f"flash_attn={flash_attn}|kv={kv_cache_type}")
+                self._cache = VectorCache(backend, f"{content_fingerprint(self.path)}|{settings}")
+                log.info("embedding cache: %s", backend.description)
+        except BaseException:
+            self.close()
+            raise
 
     # -- validation helpers -----------------------------------------------------------------------
     @staticmethod
@@ -240,6 +292,15 @@ class Embedder:
     def batch_tokens(self) -> int:
         """The default token budget of one decode call (``n_ubatch``)."""
         return self._n_ubatch
+
+    @property
+    def n_vocab(self) -> int:
+        return self._runtime.n_vocab
+
+    @property
+    def cache(self) -> VectorCache | None:
+        """The vector cache bound to this model and its settings, or None."""
+        return self._cache
 
     @property
     def model_info(self) -> GGUFInfo:
@@ -283,18 +344,47 @@ class Embedder:
         return self._embed(items, dim=dim, normalize=normalize, batch_tokens=batch_tokens,
                            max_seqs=None, show_progress=show_progress)
 
-    def _embed(self, items: list[str], *, dim: int | None, normalize: bool | None, batch_tokens: int | None,
-               max_seqs: int | None, show_progress: bool) -> np.ndarray:
-        dim = self._check_dim(dim) if dim is not None else self._dim
-        normalize = self.normalize if normalize is None else normalize
+    def embed_tokens(
+        self,
+        inputs: Sequence[Sequence[int]],
+        *,
+        dim: int | None = None,
+        normalize: bool | None = None,
+        batch_tokens: int | None = None,
+    ) -> np.ndarray:
+        """Embed pre-tokenized inputs (lists of token ids, as OpenAI's API accepts them).
+
+        ``<|endoftext|>`` is appended to every input that does not already end with it (the
+        pooling token must end each input exactly once). Ids are checked against the vocabulary;
+        the cache is not used (it keys on text).
+        """
+        sequences = self.prepare_tokens(inputs)
+        return self._finish(self.pool(sequences, batch_tokens=batch_tokens), dim=dim, normalize=normalize)
+
+    def prepare_tokens(self, inputs: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Validated token-id inputs, each ending with exactly one pooling token."""
+        sequences = _check_token_lists(inputs, self.n_vocab)
+        return [s if s[-1] == self._eos else s + [self._eos] for s in sequences]
+
+    def prepare_texts(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of ``texts`` (already formatted), each ending with the pooling token."""
+        return self._tokenize(_check_texts(texts))
+
+    def pool(self, sequences: list[list[int]], *, batch_tokens: int | None = None,
+             max_seqs: int | None = None, show_progress: bool = False) -> np.ndarray:
+        """Raw pooled hidden states, ``(len(sequences), dim)`` float32, of prepared token sequences.
+
+        The low-level step under every ``embed*`` call (the server batches requests through it):
+        applies the ``max_tokens`` rule, packs the sequences into decode calls and returns the
+        rows in input order, neither truncated (Matryoshka) nor normalised.
+        """
         budget = self._n_ubatch if batch_tokens is None else self._check_positive("batch_tokens", batch_tokens)
         if budget > self._n_ctx:
             raise InputError(f"batch_tokens must be in [1, n_ctx={self._n_ctx}], got {budget}")
-        if not items:
-            return np.zeros((0, dim or self.dim), dtype=np.float32)
-
-        sequences = self._fit(self._tokenize(items))
         pooled = np.empty((len(sequences), self.dim), dtype=np.float32)
+        if not sequences:
+            return pooled
+        sequences = self._fit(sequences)
         with self._lock:
             self._require_open()
             seqs_per_batch = min(max_seqs or self._runtime.n_seq_max, self._runtime.n_seq_max)
@@ -308,14 +398,53 @@ class Embedder:
                 with self._lock:
                     self._require_open()
                     pooled[batch] = self._runtime.embed_batch([sequences[i] for i in batch])
+                    self.stats.decode_calls += 1
+                    self.stats.sequences_decoded += len(batch)
+                    self.stats.tokens_decoded += sum(len(sequences[i]) for i in batch)
                 if bar is not None:
                     bar.update(len(batch))
         finally:
             if bar is not None:
                 bar.close()
         check_finite(pooled)
+        return pooled
+
+    def _finish(self, pooled: np.ndarray, *, dim: int | None, normalize: bool | None) -> np.ndarray:
+        """Matryoshka truncation to ``dim``, then L2 normalisation (the defaults when None)."""
+        dim = self._check_dim(dim) if dim is not None else self._dim
+        normalize = self.normalize if normalize is None else normalize
         vectors = truncate_dim(pooled, dim)
         return l2_normalize(vectors) if normalize else np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _embed(self, items: list[str], *, dim: int | None, normalize: bool | None, batch_tokens: int | None,
+               max_seqs: int | None, show_progress: bool) -> np.ndarray:
+        dim = self._check_dim(dim) if dim is not None else self._dim
+        normalize = self.normalize if normalize is None else normalize
+        out_dim = dim or self.dim
+        if self._cache is None or not items:
+            sequences = self._tokenize(items) if items else []
+            return self._finish(self.pool(sequences, batch_tokens=batch_tokens, max_seqs=max_seqs,
+                                          show_progress=show_progress), dim=dim, normalize=normalize)
+        keys = self._cache.keys(items, out_dim, normalize)
+        found = self._cache.lookup(keys, out_dim)
+        out = np.empty((len(items), out_dim), dtype=np.float32)
+        todo: dict[str, list[int]] = {}  # unique missing text -> the rows that want it
+        for i, (text, vec) in enumerate(zip(items, found)):
+            if vec is None:
+                todo.setdefault(text, []).append(i)
+            else:
+                out[i] = vec
+        with self._lock:
+            self.stats.cache_hits += len(items) - sum(len(rows) for rows in todo.values())
+            self.stats.cache_misses += sum(len(rows) for rows in todo.values())
+        if todo:
+            texts = list(todo)
+            fresh = self._finish(self.pool(self._tokenize(texts), batch_tokens=batch_tokens, max_seqs=max_seqs,
+                                           show_progress=show_progress), dim=dim, normalize=normalize)
+            for text, vec in zip(texts, fresh):
+                out[todo[text]] = vec
+            self._cache.store([keys[todo[t][0]] for t in texts], fresh)
+        return out
 
     def _fit(self, sequences: list[list[int]]) -> list[list[int]]:
         """Apply the ``max_tokens`` rule: truncate (pooling token kept last) or raise."""
@@ -387,11 +516,14 @@ class Embedder:
             raise InputError("this Embedder is closed")
 
     def close(self) -> None:
-        """Free the llama.cpp model and context (idempotent)."""
+        """Free the llama.cpp model and context, and a cache opened from a spec (idempotent)."""
         with getattr(self, "_lock", threading.RLock()):
             runtime, self._runtime = getattr(self, "_runtime", None), None
             if runtime is not None:
                 runtime.close()
+            cache, self._cache = getattr(self, "_cache", None), None
+            if cache is not None and self._owns_cache:
+                cache.backend.close()
 
     def __enter__(self) -> "Embedder":
         return self

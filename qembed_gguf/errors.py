@@ -15,6 +15,7 @@ subclasses the builtin that matches its meaning, so that callers' existing ``exc
     │   └── IntegrityError                   the file does not match its integrity seal
     ├── UnknownModelError(LookupError)       a name is not in the registry
     ├── BackendError(RuntimeError)           llama.cpp / llama-cpp-python cannot do what was asked
+    ├── CacheError(OSError)                  an embedding cache cannot be opened or reached
     └── InputError(ValueError)               bad user input
         └── InputTooLongError                an input exceeds ``max_tokens`` with truncate=False
 
@@ -38,6 +39,7 @@ __all__ = [
     "IntegrityError",
     "UnknownModelError",
     "BackendError",
+    "CacheError",
     "InputError",
     "InputTooLongError",
 ]
@@ -112,6 +114,10 @@ class UnknownModelError(QembedError, LookupError):
 
 class BackendError(QembedError, RuntimeError):
     """llama.cpp (through llama-cpp-python) failed or lacks a needed feature."""
+
+
+class CacheError(QembedError, OSError):
+    """An embedding cache (SQLite file, Redis server) cannot be opened or reached."""
 
 
 class InputError(QembedError, ValueError):

@@ -38,7 +38,8 @@ import gguf
 from . import keys
 from .errors import CorruptModelError, IntegrityError, ModelLoadError
 
-__all__ = ["GGUFHeader", "TensorSpan", "check_gguf", "read_header", "seal", "verify_integrity", "IntegrityStatus"]
+__all__ = ["GGUFHeader", "TensorSpan", "check_gguf", "read_header", "seal", "verify_integrity", "IntegrityStatus",
+           "require_integrity", "content_fingerprint"]
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -474,6 +475,20 @@ def verify_integrity(path: str | os.PathLike[str]) -> IntegrityStatus:
     expected = h.get(keys.INTEGRITY)
     actual = _digest(path, at)
     return IntegrityStatus(True, actual == expected, expected, actual)
+
+
+def content_fingerprint(path: str | os.PathLike[str]) -> str:
+    """A BLAKE2b-256 of the file's content: its seal when sealed (no read), else computed (~1 s/GB).
+
+    A sealed file that was modified afterwards keeps its old seal; ``verify`` detects that.
+    """
+    path = Path(path)
+    h = read_header(path)
+    at = _seal_offset(h)
+    sealed = h.get(keys.INTEGRITY) if at is not None else None
+    if sealed and sealed != "0" * DIGEST_HEX:
+        return sealed
+    return _digest(path, at if at is not None else -DIGEST_HEX)
 
 
 def require_integrity(path: str | os.PathLike[str]) -> None:

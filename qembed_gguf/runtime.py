@@ -85,6 +85,7 @@ class LlamaRuntime:
             self._make_context(min(n_ctx, initial_ctx or n_ctx))
             self.vocab = llama_cpp.llama_model_get_vocab(self.model)
             self.n_embd = llama_cpp.llama_model_n_embd(self.model)
+            self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
             self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
             self._alloc_batch(n_ctx)
         except BaseException:

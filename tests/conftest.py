@@ -155,3 +155,77 @@ def hf_reference(checkpoints):
         return cache[key]
 
     return get
+
+
+# -- servers: redis-server for the cache tests, our ASGI app in a thread ------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real Redis: $QEMBED_TEST_REDIS_URL (.ci/run starts one), else a redis-server from PATH
+    started here; without either the Redis tests skip (fail under QEMBED_REQUIRE_REDIS=1)."""
+    import shutil
+    import time
+
+    url = os.environ.get("QEMBED_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed (apt-get install redis-server; .ci/run installs it)"
+        if os.environ.get("QEMBED_REQUIRE_REDIS"):
+            pytest.fail(message)
+        pytest.skip(message)
+    port, folder = _free_port(), tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def live_app():
+    """Start ``create_app(embedder, config)`` under uvicorn in a thread; returns its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from qembed_gguf.server import create_app
+
+    servers = []
+
+    def start(embedder, config) -> str:
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(embedder, config), host="127.0.0.1", port=port,
+                                               log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(30)

@@ -1,0 +1,65 @@
+"""What the framework adapters share: opening or borrowing an Embedder, and checking options."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Union
+
+import numpy as np
+
+from ..embedder import Embedder
+from ..errors import InputError
+
+__all__ = ["ModelArg", "open_embedder", "check_texts", "check_text"]
+
+#: a model path or name for :class:`Embedder`, or an open Embedder to share
+ModelArg = Union[str, os.PathLike, Embedder]
+
+
+def open_embedder(model: ModelArg, *, dim: int | None, task: str | None,
+                  embedder_kwargs: dict[str, Any]) -> tuple[Embedder, bool]:
+    """The Embedder an adapter uses and whether the adapter owns it (and so must close it).
+
+    ``model`` is an existing Embedder (shared, never closed by the adapter; ``embedder_kwargs``
+    must then be empty, since they could not apply) or anything :class:`Embedder` accepts,
+    opened with ``embedder_kwargs``. ``dim`` and ``task`` are checked here, once, so that a bad
+    option fails at construction rather than at the first embedding.
+    """
+    if task is not None and not isinstance(task, str):
+        raise InputError(f"task must be a string or None, got {type(task).__name__}")
+    if isinstance(model, Embedder):
+        if embedder_kwargs:
+            raise InputError(f"Embedder options ({', '.join(sorted(embedder_kwargs))}) cannot apply to an "
+                             f"existing Embedder; pass a model path or name instead, or configure the Embedder")
+        embedder, owned = model, False
+    else:
+        embedder, owned = Embedder(model, **embedder_kwargs), True
+    try:
+        _check_dim(embedder, dim)
+    except InputError:
+        if owned:
+            embedder.close()
+        raise
+    return embedder, owned
+
+
+def _check_dim(embedder: Embedder, dim: int | None) -> None:
+    if dim is None:
+        return
+    lo, hi = embedder.mrl_min_dim, embedder.dim
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not lo <= dim <= hi:
+        raise InputError(f"dim must be an integer in [{lo}, {hi}] (Matryoshka range of this model), got {dim!r}")
+
+
+def check_texts(texts: Any) -> list[str]:
+    """A list of documents; a bare string is refused (it is one text, not a list of them)."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, got a single str; wrap it in a list")
+    return list(texts)
+
+
+def check_text(text: Any) -> str:
+    """One query text."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return text

@@ -1,0 +1,84 @@
+"""LangChain ``Embeddings`` backed by a local Qwen3-Embedding GGUF model.
+
+::
+
+    from qembed_gguf.integrations.langchain import QembedEmbeddings
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    with QembedEmbeddings("qwen3-embedding-0.6b", dim=512) as embeddings:
+        store = InMemoryVectorStore(embedding=embeddings)
+        store.add_texts(["Paris is the capital of France.", "Berlin ist die Hauptstadt Deutschlands."])
+        store.similarity_search("capital of Germany", k=1)
+
+Documents are embedded as raw text, queries with the model's instruction (``task``), as the
+Qwen3-Embedding recipe asks. LangChain's async methods run these in its executor; one Embedder
+is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    from langchain_core.embeddings import Embeddings
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides langchain_core
+    raise ImportError(
+        'qembed_gguf.integrations.langchain needs langchain-core: pip install "qembed-gguf[langchain]"'
+    ) from exc
+
+from ..embedder import Embedder
+from ._common import ModelArg, check_text, check_texts, open_embedder
+
+__all__ = ["QembedEmbeddings"]
+
+
+class QembedEmbeddings(Embeddings):
+    """A LangChain ``Embeddings`` that runs a Qwen3-Embedding GGUF model through qembed-gguf.
+
+    Args:
+        model: a ``.gguf`` file, checkpoint folder, registry name or hub id, opened as
+            ``Embedder(model, **embedder_kwargs)`` and closed by :meth:`close`; or an open
+            :class:`~qembed_gguf.Embedder`, which is shared and left open.
+        dim: Matryoshka output dimension (default: the Embedder's).
+        task: the query instruction (default: the model's own).
+        **embedder_kwargs: :class:`~qembed_gguf.Embedder` options (``n_gpu_layers``,
+            ``max_tokens`` …); only with a model path or name.
+
+    Raises:
+        InputError: ``dim`` is outside the model's Matryoshka range, ``task`` is not a string,
+            or ``embedder_kwargs`` are given with an existing Embedder.
+    """
+
+    def __init__(self, model: ModelArg, *, dim: int | None = None, task: str | None = None,
+                 **embedder_kwargs: Any) -> None:
+        self._embedder, self._owns_embedder = open_embedder(model, dim=dim, task=task,
+                                                            embedder_kwargs=embedder_kwargs)
+        self.dim = None if dim is None else int(dim)
+        self.task = task
+
+    @property
+    def embedder(self) -> Embedder:
+        """The underlying :class:`~qembed_gguf.Embedder`."""
+        return self._embedder
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents (raw text, no instruction); one vector per text, in order."""
+        return self._embedder.embed_documents(check_texts(texts), dim=self.dim).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one search query, formatted with the query instruction."""
+        return self._embedder.embed_query(check_text(text), task=self.task, dim=self.dim)[0].tolist()
+
+    def close(self) -> None:
+        """Free the Embedder if this object opened it (idempotent); a shared one stays open."""
+        if self._owns_embedder:
+            self._embedder.close()
+
+    def __enter__(self) -> "QembedEmbeddings":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"QembedEmbeddings({self._embedder!r}, dim={self.dim}, task={self.task!r})"

@@ -1,0 +1,116 @@
+"""LlamaIndex ``BaseEmbedding`` backed by a local Qwen3-Embedding GGUF model.
+
+::
+
+    from llama_index.core import Document, VectorStoreIndex
+    from qembed_gguf.integrations.llama_index import QembedEmbedding
+
+    embed_model = QembedEmbedding("qwen3-embedding-0.6b", dim=512)
+    index = VectorStoreIndex.from_documents([Document(text="...")], embed_model=embed_model)
+    index.as_retriever(similarity_top_k=3).retrieve("a question")
+
+Nodes are embedded as raw text, queries with the model's instruction (``task``), as the
+Qwen3-Embedding recipe asks. The async methods run the embedding in a worker thread, so they do
+not block the event loop; one Embedder is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, List, Optional
+
+try:
+    from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+    from llama_index.core.bridge.pydantic import Field, PrivateAttr
+    from llama_index.core.callbacks import CallbackManager
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides llama_index
+    raise ImportError(
+        'qembed_gguf.integrations.llama_index needs llama-index-core: pip install "qembed-gguf[llama-index]"'
+    ) from exc
+
+from ..embedder import Embedder
+from ._common import ModelArg, check_text, check_texts, open_embedder
+
+__all__ = ["QembedEmbedding"]
+
+DEFAULT_EMBED_BATCH_SIZE = 64  # texts per call into the Embedder, which packs them by tokens itself
+
+
+class QembedEmbedding(BaseEmbedding):
+    """A LlamaIndex embedding model that runs a Qwen3-Embedding GGUF model through qembed-gguf.
+
+    Args:
+        model: a ``.gguf`` file, checkpoint folder, registry name or hub id, opened as
+            ``Embedder(model, **embedder_kwargs)`` and closed by :meth:`close`; or an open
+            :class:`~qembed_gguf.Embedder`, which is shared and left open.
+        dim: Matryoshka output dimension (default: the Embedder's).
+        task: the query instruction (default: the model's own).
+        embed_batch_size: texts LlamaIndex hands over per call.
+        callback_manager: LlamaIndex callbacks.
+        **embedder_kwargs: :class:`~qembed_gguf.Embedder` options (``n_gpu_layers``,
+            ``max_tokens`` …); only with a model path or name.
+
+    Raises:
+        InputError: ``dim`` is outside the model's Matryoshka range, ``task`` is not a string,
+            or ``embedder_kwargs`` are given with an existing Embedder.
+    """
+
+    dim: Optional[int] = Field(default=None, description="Matryoshka output dimension (None: the model's full one).")
+    task: Optional[str] = Field(default=None, description="Query instruction (None: the model's default).")
+
+    _embedder: Embedder = PrivateAttr()
+    _owns_embedder: bool = PrivateAttr(default=False)
+
+    def __init__(self, model: ModelArg, *, dim: int | None = None, task: str | None = None,
+                 embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
+                 callback_manager: CallbackManager | None = None, **embedder_kwargs: Any) -> None:
+        embedder, owned = open_embedder(model, dim=dim, task=task, embedder_kwargs=embedder_kwargs)
+        try:
+            super().__init__(model_name=embedder.path.name, dim=None if dim is None else int(dim), task=task,
+                             embed_batch_size=embed_batch_size, callback_manager=callback_manager)
+        except Exception:  # pydantic refused a field (e.g. embed_batch_size=0): free what we opened
+            if owned:
+                embedder.close()
+            raise
+        self._embedder = embedder
+        self._owns_embedder = owned
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "QembedEmbedding"
+
+    @property
+    def embedder(self) -> Embedder:
+        """The underlying :class:`~qembed_gguf.Embedder`."""
+        return self._embedder
+
+    # -- the BaseEmbedding hooks ----------------------------------------------------------------------
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._embedder.embed_query(check_text(query), task=self.task, dim=self.dim)[0].tolist()
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._embedder.embed_documents([check_text(text)], dim=self.dim)[0].tolist()
+
+    def _get_text_embeddings(self, texts: List[str]) -> List[Embedding]:
+        return self._embedder.embed_documents(check_texts(texts), dim=self.dim).tolist()
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    async def _aget_text_embeddings(self, texts: List[str]) -> List[Embedding]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+    # -- lifetime -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the Embedder if this object opened it (idempotent); a shared one stays open."""
+        if self._owns_embedder:
+            self._embedder.close()
+
+    def __enter__(self) -> "QembedEmbedding":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

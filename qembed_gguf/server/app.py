@@ -1,0 +1,239 @@
+"""The ASGI application: OpenAI-compatible ``/v1/embeddings``, ``/v1/models``, ``/health``.
+
+Nothing here reads files or renders templates: a request can only name the served model, send
+text or token ids, and choose the output dimension and encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import logging
+import time
+from typing import Any, Sequence
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..embedder import Embedder
+from ..errors import InputError
+from ..postprocess import l2_normalize, truncate_dim
+from .batcher import InputTooLong, Job, MicroBatcher, QueueFull, ShuttingDown
+from .protocol import APIError, Limits, embeddings_body, error_body, models_body, parse_embedding_request
+
+__all__ = ["ServerConfig", "create_app"]
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/health"})  # answered without an API key
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """How the server answers. ``model_names``: the ids clients may send as ``model``."""
+
+    model_names: tuple[str, ...]
+    api_key: str | None = None
+    limits: Limits = Limits()
+    truncate: bool = False            # default of the request's "truncate" field
+    max_wait_ms: float = 5.0          # micro-batching window (only while other requests are arriving)
+    max_batch_inputs: int = 512
+    max_queue_inputs: int = 8192
+
+
+class _JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _error(e: APIError) -> Response:
+    return _JSON(e.body(), status_code=e.status, headers=e.headers)
+
+
+class _ApiKeyMiddleware:
+    """Requires ``Authorization: Bearer <key>`` on every path but ``/health`` (constant-time compare)."""
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self._key = api_key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, token = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):
+                message = ("missing API key: send 'Authorization: Bearer <key>'" if not header
+                           else "incorrect API key")
+                response = _JSON(error_body(message, type="invalid_request_error", code="invalid_api_key"),
+                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    too_big = APIError(413, f"the request body is larger than this server's limit of {limit} bytes",
+                       code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class EmbeddingService:
+    """Request handling on top of one Embedder and its :class:`MicroBatcher`."""
+
+    def __init__(self, embedder: Embedder, config: ServerConfig):
+        self.embedder = embedder
+        self.config = config
+        self.limits = dataclasses.replace(config.limits, max_input_tokens=embedder.max_tokens)
+        self.batcher = MicroBatcher(embedder, max_wait_s=config.max_wait_ms / 1000,
+                                    max_batch_inputs=config.max_batch_inputs,
+                                    max_queue_inputs=config.max_queue_inputs)
+        self.created = int(time.time())
+        self.requests = 0
+
+    async def embeddings(self, request: Request) -> Response:
+        with self.batcher.arriving():
+            try:
+                body = await _read_body(request, self.limits.max_body_bytes)
+                e = self.embedder
+                req = parse_embedding_request(body, served=self.config.model_names, full_dim=e.dim,
+                                              min_dim=e.mrl_min_dim, default_task=e.facts.default_task,
+                                              n_vocab=e.n_vocab, limits=self.limits,
+                                              truncate_default=self.config.truncate)
+                texts = req.texts
+                if texts is not None and req.instruction is not None:
+                    texts = [e.format_query(t, req.instruction) for t in texts]
+                dim = req.dim or e.dim
+                cached = await self._lookup(texts, dim) if texts is not None else [None] * len(req)
+                job = Job(texts=texts, tokens=req.tokens, decode=[v is None for v in cached], truncate=req.truncate)
+                future = self.batcher.submit(job)
+            except APIError as err:
+                return _error(err)
+            except QueueFull as err:
+                return _error(APIError(429, f"the server is busy: {err}; retry shortly", type="rate_limit_error",
+                                       code="queue_full", headers={"Retry-After": "1"}))
+            except ShuttingDown as err:
+                return _error(APIError(503, str(err), type="server_error", code="shutting_down"))
+        try:
+            result = await asyncio.wrap_future(future)
+        except InputTooLong as err:
+            return _error(APIError(400, str(err), param=f"input[{err.index}]", code="input_too_long"))
+        except (InputError, TypeError) as err:
+            return _error(APIError(400, str(err), param="input"))
+        self.requests += 1
+        fresh = l2_normalize(truncate_dim(result.pooled, req.dim))
+        vectors = np.empty((len(cached), dim), dtype=np.float32)
+        rows = [i for i, v in enumerate(cached) if v is None]
+        vectors[rows] = fresh
+        for i, v in enumerate(cached):
+            if v is not None:
+                vectors[i] = v
+        if texts is not None and self.embedder.cache is not None and rows:
+            await asyncio.to_thread(self._store, [texts[i] for i in rows], dim, fresh)
+        content = embeddings_body(vectors, model=req.model, encoding_format=req.encoding_format,
+                                  prompt_tokens=sum(result.n_tokens))
+        if vectors.size > 200_000:  # a large JSON body is rendered off the event loop
+            payload = await asyncio.to_thread(_JSON(None).render, content)
+            return Response(payload, media_type="application/json")
+        return _JSON(content)
+
+    async def _lookup(self, texts: list[str], dim: int) -> list[np.ndarray | None]:
+        """Cached vectors of the (model-ready) texts, None where the model must run."""
+        cache = self.embedder.cache
+        if cache is None:
+            return [None] * len(texts)
+        keys = cache.keys(texts, dim, True)
+        found = await asyncio.to_thread(cache.lookup, keys, dim)
+        hits = sum(v is not None for v in found)
+        stats = self.embedder.stats
+        stats.cache_hits += hits
+        stats.cache_misses += len(found) - hits
+        return found
+
+    def _store(self, texts: list[str], dim: int, vectors: np.ndarray) -> None:
+        cache = self.embedder.cache
+        cache.store(cache.keys(texts, dim, True), vectors)
+
+    async def models(self, request: Request) -> Response:
+        return _JSON(models_body(self.config.model_names, self.created))
+
+    async def model(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in self.config.model_names:
+            return _error(APIError(404, f"the model {name!r} does not exist on this server", param="model",
+                                   code="model_not_found"))
+        return _JSON(models_body([name], self.created)["data"][0])
+
+    async def health(self, request: Request) -> Response:
+        ok = self.batcher.running
+        s = self.embedder.stats
+        return _JSON({
+            "status": "ok" if ok else "unavailable",
+            "model": self.config.model_names[0],
+            "dim": self.embedder.dim,
+            "queue_inputs": self.batcher.pending,
+            "requests": self.requests,
+            "batches": self.batcher.cycles,
+            "decode_calls": s.decode_calls,
+            "cache": {"backend": self.embedder.cache.backend.description, "hits": s.cache_hits,
+                      "misses": s.cache_misses} if self.embedder.cache is not None else None,
+        }, status_code=200 if ok else 503)
+
+
+def create_app(embedder: Embedder, config: ServerConfig, *, close_embedder: bool = False) -> Starlette:
+    """The ASGI app serving ``embedder``; the batcher starts and stops with the app's lifespan."""
+    service = EmbeddingService(embedder, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        service.batcher.start()
+        log.info("serving %s (dim %d, max %d tokens per input) as %s", embedder.path.name, embedder.dim,
+                 embedder.max_tokens, ", ".join(config.model_names))
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(service.batcher.stop)
+            if close_embedder:
+                embedder.close()
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return _JSON(error_body(f"{request.method} {request.url.path}: {exc.detail}", type="invalid_request_error",
+                                code=code), status_code=exc.status_code)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return _JSON(error_body(f"internal error: {type(exc).__name__}", type="server_error"), status_code=500)
+
+    app = Starlette(
+        routes=[
+            Route("/v1/embeddings", service.embeddings, methods=["POST"]),
+            Route("/embeddings", service.embeddings, methods=["POST"]),
+            Route("/v1/models", service.models, methods=["GET"]),
+            Route("/v1/models/{name:path}", service.model, methods=["GET"]),
+            Route("/health", service.health, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    if config.api_key:
+        app.add_middleware(_ApiKeyMiddleware, api_key=config.api_key)
+    return app

@@ -193,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", default="1,16", help="comma-separated client counts (default 1,16)")
     ap.add_argument("--requests", type=int, default=100, help="requests per client (default 100)")
     ap.add_argument("--texts-per-request", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all phases; medians reported")
     ap.add_argument("--distinct-texts", type=int, default=400)
     ap.add_argument("--server-arg", action="append", default=[], help="extra argument for `serve` (repeatable)")
+    ap.add_argument("--api-key", default=None, help="the key, if a --server-arg=--api-key is given")
     ap.add_argument("--min-cosine", type=float, default=0.9995, help="fail below this cosine to the library's vector")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--no-write", action="store_true", help="print the JSON summary only")
@@ -213,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     name = Path(model_path).stem
     phases = []
     with ServerProcess(model_path, ["--model-name", name, *args.server_arg]) as server:
-        run_clients(server.url, name, texts, clients=max(counts), requests=5)  # warm-up
-        for n in counts:
+        run_clients(server.url, name, texts, clients=max(counts), requests=5, api_key=args.api_key)  # warm-up
+        for n in [c for _ in range(args.rounds) for c in counts]:
             r = run_clients(server.url, name, texts, clients=n, requests=args.requests,
-                            per_request=args.texts_per_request, seed=n)
+                            per_request=args.texts_per_request, seed=n, api_key=args.api_key)
             r["check"] = compare(r.pop("responses"), reference)
             phases.append(r)
             log.info("%2d clients: %d/%d ok, %.0f req/s, %.0f inputs/s, p50 %.1f ms, p95 %.1f ms; vs library: "
@@ -225,11 +227,18 @@ def main(argv: list[str] | None = None) -> int:
                      r["check"]["bit_identical"], r["check"]["vectors"], r["check"]["max_abs_diff"],
                      r["check"]["min_cosine"])
         health = __import__("httpx").get(server.url + "/health").json()
-    base = phases[0]["requests_per_s"]
+    import statistics
+
+    median = {n: statistics.median(p["requests_per_s"] for p in phases if p["clients"] == n) for n in counts}
+    base = median[counts[0]]
     summary = {
         "date": datetime.date.today().isoformat(), "model": name, "server_args": args.server_arg,
         "texts_per_request": args.texts_per_request, "cpus": len(os.sched_getaffinity(0)),
-        "phases": phases, "speedup_vs_first": {p["clients"]: p["requests_per_s"] / base for p in phases},
+        "rounds": args.rounds, "phases": phases, "median_requests_per_s": median,
+        "speedup_vs_first": {n: median[n] / base for n in counts},
+        # the same round's phases ran back to back: their ratio is less exposed to the machine's drift
+        "paired_speedups": {n: [phases[r * len(counts) + i]["requests_per_s"] / phases[r * len(counts)]["requests_per_s"]
+                                for r in range(args.rounds)] for i, n in enumerate(counts)},
         "server_health": health,
         "command": "python benchmarks/serve_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
@@ -244,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         stem.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
         lines = [f"# serve load test: {name}, {summary['cpus']} CPUs, {args.texts_per_request} text(s)/request",
                  "", f"`{summary['command']}`", "",
-                 "| clients | requests | errors | req/s | inputs/s | p50 ms | p95 ms | x 1st | bit-identical | min cos |",
+                 "Median over rounds: " + ", ".join(f"{n} client(s) {median[n]:.0f} req/s ({median[n] / base:.2f}x)"
+                                                    for n in counts),
+                 "; ".join(f"{n} clients / {counts[0]} in the same round: "
+                           + ", ".join(f"{x:.2f}x" for x in summary["paired_speedups"][n]) for n in counts[1:]), "",
+                 "| clients | requests | errors | req/s | inputs/s | p50 ms | p95 ms | x median(1st) | bit-identical | min cos |",
                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for p in phases:
             c = p["check"]

@@ -8,7 +8,9 @@ where the model input is the text as the model sees it, i.e. with the query inst
 applied (``Instruct: {task}\\nQuery:{text}``), so the instruction and the text are both in the key.
 The fingerprint is the converter's integrity seal (a BLAKE2b of the file's content) or, for a
 file without a seal, a BLAKE2b of the whole file computed once at load. A hit therefore returns
-the vector an identical computation produced, bit for bit.
+the vector stored by the first computation of that input (with this model file and settings).
+Vectors computed on another backend (GPU offload) or in another decode batch may differ from it in
+the last bits (see the README on batching); they are not distinguished.
 
 Backends implement two batch operations, :meth:`EmbeddingCache.get_many` and
 :meth:`EmbeddingCache.put_many`, on opaque byte keys and values. :func:`open_cache` turns a spec
@@ -16,7 +18,7 @@ into a backend::
 
     None                         no cache
     "memory" | "memory://"       in-process dict (tests, notebooks)
-    "sqlite:///path/to/db" | a path ending in .db/.sqlite/.sqlite3
+    "sqlite:///path/to/db" | a path ending in .db/.sqlite/.sqlite3 | an os.PathLike
     "redis://host:6379/0" | "rediss://…" | "unix:///run/redis.sock"   (needs the `redis` package)
 
 A cache never changes results and never loses work: a backend that fails while running (Redis
@@ -64,7 +66,8 @@ def cache_key(namespace: str, dim: int, normalize: bool, text: str) -> bytes:
 class EmbeddingCache(abc.ABC):
     """A store of ``bytes -> bytes``; implementations must be safe to call from several threads."""
 
-    #: shown in logs and ``/health``
+    #: the backend's kind (shown by the server's ``/health``) and a description for logs (no secrets)
+    kind: str = "cache"
     description: str = "cache"
 
     @abc.abstractmethod
@@ -95,6 +98,7 @@ class MemoryCache(EmbeddingCache):
         self._data: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         self._max = max_entries
         self._lock = threading.Lock()
+        self.kind = "memory"
         self.description = f"memory, {max_entries} entries"
 
     def get_many(self, keys):
@@ -136,31 +140,45 @@ class SQLiteCache(EmbeddingCache):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, value BLOB NOT NULL, "
-                             "used REAL NOT NULL) WITHOUT ROWID")
+                             "used INTEGER NOT NULL) WITHOUT ROWID")
             self._db.execute("CREATE INDEX IF NOT EXISTS vectors_used ON vectors(used)")
         except (sqlite3.Error, OSError) as e:
             raise CacheError(f"cannot open the SQLite cache {self.path}: {e}") from e
         self._lock = threading.Lock()
         self._max = max_entries
         self._since_trim = 0
+        self._tick = 0
+        self.kind = "sqlite"
         self.description = f"sqlite {self.path}"
+
+    def _now(self) -> int:
+        """A strictly increasing recency stamp (ns), so eviction order never ties."""
+        self._tick = max(time.time_ns(), self._tick + 1)
+        return self._tick
 
     def get_many(self, keys):
         keys = list(keys)
         found: dict[bytes, bytes] = {}
-        now = time.time()
         with self._lock:
             for i in range(0, len(keys), self._CHUNK):
                 chunk = keys[i:i + self._CHUNK]
                 marks = ",".join("?" * len(chunk))
                 found.update(self._db.execute(f"SELECT key, value FROM vectors WHERE key IN ({marks})", chunk))
             if found and self._max is not None:  # recency only matters when entries are evicted
-                self._db.executemany("UPDATE vectors SET used=? WHERE key=?", [(now, k) for k in found])
+                now = self._now()
+                try:
+                    self._db.execute("BEGIN")
+                    self._db.executemany("UPDATE vectors SET used=? WHERE key=?", [(now, k) for k in found])
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as e:  # another process holds the write lock: the hits still count
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    log.debug("SQLite cache: recency update skipped: %s", e)
         return [found.get(k) for k in keys]
 
     def put_many(self, items):
-        now = time.time()
         with self._lock:
+            now = self._now()
             self._db.execute("BEGIN")
             try:
                 self._db.executemany("INSERT OR REPLACE INTO vectors (key, value, used) VALUES (?, ?, ?)",
@@ -212,6 +230,7 @@ class RedisCache(EmbeddingCache):
             self._redis.ping()
         except (redis.RedisError, ValueError) as e:
             raise CacheError(f"cannot reach the Redis cache at {_redact(url)}: {e}") from e
+        self.kind = "redis"
         self.description = f"redis {_redact(clean)}" + (f", ttl {ttl}s" if ttl else "")
 
     def get_many(self, keys):
@@ -241,12 +260,14 @@ def _positive_int(value: str, what: str) -> int:
 
 
 def _redact(url: str) -> str:
-    """The URL without its password (for logs and errors)."""
+    """The URL without credentials, in the userinfo or the query (for logs and errors)."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = [(k, "***" if k.lower() in ("password", "username", "user") else v)
+             for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=urllib.parse.urlencode(query)))
 
 
 def open_cache(spec: "str | os.PathLike[str] | EmbeddingCache | None") -> EmbeddingCache | None:
@@ -270,6 +291,9 @@ def open_cache(spec: "str | os.PathLike[str] | EmbeddingCache | None") -> Embedd
     if scheme and len(scheme) > 1:  # "C:\\…" is a Windows path, not a scheme
         raise CacheError(f"unknown cache scheme {scheme!r} in {spec!r}: use sqlite:///path.db, redis://host:port/db "
                          f"or memory")
+    if not spec.endswith((".db", ".sqlite", ".sqlite3")):
+        raise CacheError(f"{spec!r} is not a cache spec: use sqlite:///path.db (or a path ending in .db, .sqlite, "
+                         f".sqlite3), redis://host:port/db or memory")
     return SQLiteCache(spec)
 
 

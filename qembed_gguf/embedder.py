@@ -63,6 +63,13 @@ class EmbedderStats:
     tokens_decoded: int = 0
     cache_hits: int = 0          # inputs answered by the cache, without a decode
     cache_misses: int = 0
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        """Increment counters atomically (several threads may count at once)."""
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
 
 
 def _facts(info: GGUFInfo) -> ModelFacts:
@@ -295,7 +302,17 @@ class Embedder:
 
     @property
     def n_vocab(self) -> int:
+        self._require_open()
         return self._runtime.n_vocab
+
+    @property
+    def pooling_token_id(self) -> int:
+        """The id of ``<|endoftext|>``, which ends every input."""
+        return self._eos
+
+    @property
+    def closed(self) -> bool:
+        return self._runtime is None
 
     @property
     def cache(self) -> VectorCache | None:
@@ -398,9 +415,8 @@ class Embedder:
                 with self._lock:
                     self._require_open()
                     pooled[batch] = self._runtime.embed_batch([sequences[i] for i in batch])
-                    self.stats.decode_calls += 1
-                    self.stats.sequences_decoded += len(batch)
-                    self.stats.tokens_decoded += sum(len(sequences[i]) for i in batch)
+                self.stats.add(decode_calls=1, sequences_decoded=len(batch),
+                               tokens_decoded=sum(len(sequences[i]) for i in batch))
                 if bar is not None:
                     bar.update(len(batch))
         finally:
@@ -434,9 +450,8 @@ class Embedder:
                 todo.setdefault(text, []).append(i)
             else:
                 out[i] = vec
-        with self._lock:
-            self.stats.cache_hits += len(items) - sum(len(rows) for rows in todo.values())
-            self.stats.cache_misses += sum(len(rows) for rows in todo.values())
+        n_missing = sum(len(rows) for rows in todo.values())
+        self.stats.add(cache_hits=len(items) - n_missing, cache_misses=n_missing)
         if todo:
             texts = list(todo)
             fresh = self._finish(self.pool(self._tokenize(texts), batch_tokens=batch_tokens, max_seqs=max_seqs,

@@ -137,6 +137,8 @@ def test_unreachable_or_malformed_caches_fail_at_open(tmp_path):
         open_cache("redis://127.0.0.1:1/0")
     with pytest.raises(CacheError, match="unknown cache scheme"):
         open_cache("mongodb://x")
+    with pytest.raises(CacheError, match="not a cache spec"):
+        open_cache("memroy")  # a typo is not silently a new SQLite file
     with pytest.raises(CacheError, match="absolute"):
         open_cache("sqlite://relative.db")
     with pytest.raises(CacheError, match="ttl"):

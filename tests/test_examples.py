@@ -21,7 +21,7 @@ from qembed_gguf import Embedder
 EXAMPLES = ROOT / "examples"
 DATA = EXAMPLES / "data"
 
-faiss = pytest.importorskip("faiss", reason="the semantic-search example needs faiss-cpu")
+import faiss  # noqa: E402,F401 - the semantic-search example needs faiss-cpu (the test extra has it)
 
 
 def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -282,3 +282,24 @@ def test_cross_lingual_bad_documents(tmp_path):
     bad.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "txt": "typo"}\n', encoding="utf-8")
     proc = run_example("cross_lingual", "--docs", str(bad), cwd=tmp_path)
     assert proc.returncode == 1 and f"{bad}:2: expected an object" in proc.stderr
+
+
+# -- openai_client.py: the official client against a server the example starts ---------------------
+def test_openai_client_example_against_a_live_server(tmp_path, embedder):
+    proc = run_example("openai_client", "--serve", "tiny", "--api-key", "sk-test", "--dim", "64", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "using local-embedding" in out and "float == base64: True" in out
+    assert f"documents (4, {embedder.dim}), queries (2, {embedder.dim})" in out
+    assert "dimensions=64: (4, 64)" in out
+    ex = load_example("openai_client")
+    # the similarity table is the library's: queries (with the instruction) x documents
+    want = embedder.embed_query(ex.QUERIES) @ embedder.embed_documents(ex.DOCUMENTS).T
+    rows = [line for line in out.splitlines() if line.startswith("  q")]
+    got = np.array([[float(v) for v in line.split()[1:1 + len(ex.DOCUMENTS)]] for line in rows])
+    np.testing.assert_allclose(got, want, atol=2e-3)  # printed with 3 decimals
+
+
+def test_openai_client_example_reports_an_unreachable_server(tmp_path):
+    proc = run_example("openai_client", "--base-url", "http://127.0.0.1:1/v1", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: APIConnectionError")

@@ -254,16 +254,93 @@ def test_queue_full_is_429_with_retry_after(live_app):
         assert _post(url, {"model": "tiny", "input": ["c", "d"]}, key=None).status_code == 200
 
 
-def test_batcher_admission_and_shutdown(ref):
-    b = MicroBatcher(ref, max_queue_inputs=4)
-    f1 = b.submit(Job(texts=["a", "b", "c"], tokens=None, decode=[True] * 3, truncate=False))
-    with pytest.raises(QueueFull):
-        b.submit(Job(texts=["d", "e"], tokens=None, decode=[True] * 2, truncate=False))
+class _GatedModel:
+    """Stands in for an Embedder in the batcher: pooled row = [input length] * 4, and pool()
+    blocks until ``gate`` is set, so the tests control when the worker is busy."""
+
+    dim, max_tokens = 4, 1000
+
+    def __init__(self):
+        self.gate, self.entered, self.calls = threading.Event(), threading.Event(), []
+
+    def prepare_texts(self, texts):
+        return [[7] * len(t) + [0] for t in texts]
+
+    def pool(self, sequences):
+        self.calls.append(len(sequences))
+        self.entered.set()
+        assert self.gate.wait(30)
+        return np.repeat(np.array([[len(s)] for s in sequences], dtype=np.float32), 4, axis=1)
+
+
+def _job(*texts: str) -> Job:
+    return Job(texts=list(texts), tokens=None, decode=[True] * len(texts), truncate=False)
+
+
+def test_batcher_admission_cancellation_and_shutdown():
+    model = _GatedModel()
+    b = MicroBatcher(model, max_queue_inputs=4, max_wait_s=0)
+    with pytest.raises(ShuttingDown, match="not running"):  # no worker: refused, never a hung request
+        b.submit(_job("a"))
     b.start()
-    assert f1.result(30).pooled.shape == (3, ref.dim)
+    first = b.submit(_job("aa"))
+    assert model.entered.wait(30)  # the worker is inside pool() with the first job
+    cancelled, kept = b.submit(_job("bbb")), b.submit(_job("c"))
+    with pytest.raises(QueueFull):
+        b.submit(_job("d", "e"))  # 1 + 1 + 1 pending, + 2 > 4
+    assert cancelled.cancel()  # its client went away while it was queued
+    model.gate.set()
+    assert first.result(30).pooled[:, 0].tolist() == [3]  # "aa" + pooling token
+    assert kept.result(30).pooled[:, 0].tolist() == [2] and kept.result().n_tokens == [2]
+    assert model.calls == [1, 1]  # the cancelled job was never computed, and did not fail its batch-mate
+    assert b.pending == 0
     b.stop(timeout=30)
     with pytest.raises(ShuttingDown):
-        b.submit(Job(texts=["a"], tokens=None, decode=[True], truncate=False))
+        b.submit(_job("a"))
+
+
+def test_auth_cannot_be_bypassed_with_path_tricks(served):
+    import http.client
+
+    url = httpx.URL(served[0])
+    for path in ("/health/../v1/embeddings", "//v1/embeddings", "/v1/embeddings/", "/%761/embeddings",
+                 "/v1//embeddings", "/health%2F..%2Fv1%2Fembeddings"):
+        conn = http.client.HTTPConnection(url.host, url.port, timeout=10)
+        conn.request("POST", path, body=b'{"model": "tiny", "input": "x"}', headers={"Content-Type": "application/json"})
+        status = conn.getresponse().status
+        conn.close()
+        assert status in (401, 404, 405), (path, status)
+
+
+def test_health_reveals_no_paths_or_secrets(live_app, tmp_path):
+    from qembed_gguf.cache import _redact
+
+    with Embedder("tiny", cache=str(tmp_path / "secret-folder" / "v.db")) as e:
+        url = live_app(e, ServerConfig(model_names=("tiny",)))
+        body = httpx.get(url + "/health").text
+        assert "secret-folder" not in body and '"backend":"sqlite"' in body
+    assert _redact("redis://user:pw@host:6379/0?password=s3cret&ttl=5") == "redis://***@host:6379/0?password=%2A%2A%2A&ttl=5"
+    assert _redact("redis://[::1]:6379/0") == "redis://[::1]:6379/0"
+
+
+def test_unloaded_model_is_503(live_app):
+    e = Embedder("tiny")
+    url = live_app(e, ServerConfig(model_names=("tiny",)))
+    assert _post(url, {"model": "tiny", "input": "x"}, key=None).status_code == 200
+    e.close()
+    r = _post(url, {"model": "tiny", "input": "x"}, key=None)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "model_unloaded"
+    assert httpx.get(url + "/health").status_code == 503
+
+
+def test_token_inputs_over_the_limit_are_refused_while_parsing(client, ref):
+    eos = ref.pooling_token_id
+    at_limit = [5] * (ref.max_tokens - 1)  # + the pooling token = max_tokens
+    assert client.embeddings.create(model="tiny", input=[at_limit]).usage.prompt_tokens == ref.max_tokens
+    assert client.embeddings.create(model="tiny", input=[at_limit[:-1] + [5, eos]]).usage.prompt_tokens == ref.max_tokens
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="tiny", input=[[1], at_limit + [5]])
+    assert err.value.body["param"] == "input[1]" and err.value.body["code"] == "input_too_long"
 
 
 def test_loopback_detection():

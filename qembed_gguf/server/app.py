@@ -47,6 +47,17 @@ class ServerConfig:
     max_batch_inputs: int = 512
     max_queue_inputs: int = 8192
 
+    def __post_init__(self):
+        if isinstance(self.model_names, str) or not self.model_names or not all(
+                isinstance(n, str) and n for n in self.model_names):
+            raise ValueError(f"model_names must be a non-empty tuple of non-empty strings, got {self.model_names!r}")
+        if self.max_queue_inputs < self.limits.max_inputs:
+            raise ValueError(f"max_queue_inputs ({self.max_queue_inputs}) must be >= limits.max_inputs "
+                             f"({self.limits.max_inputs}), or a full-size request could never be accepted")
+
+
+PARSE_OFF_LOOP_BYTES = 1 << 20  # bodies larger than this are parsed in a worker thread
+
 
 class _JSON(Response):
     media_type = "application/json"
@@ -108,34 +119,56 @@ class EmbeddingService:
         self.created = int(time.time())
         self.requests = 0
 
+    def _busy(self, why: str) -> APIError:
+        return APIError(429, f"the server is busy: {why}; retry shortly", type="rate_limit_error", code="queue_full",
+                        headers={"Retry-After": "1"})
+
+    def _unavailable(self) -> APIError | None:
+        if self.embedder.closed:
+            return APIError(503, "the model has been unloaded", type="server_error", code="model_unloaded")
+        if not self.batcher.running:
+            return APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
+        return None
+
+    def _parse(self, body: bytes):
+        e = self.embedder
+        return parse_embedding_request(body, served=self.config.model_names, full_dim=e.dim, min_dim=e.mrl_min_dim,
+                                       default_task=e.facts.default_task, n_vocab=e.n_vocab,
+                                       eos_id=e.pooling_token_id, limits=self.limits,
+                                       truncate_default=self.config.truncate)
+
     async def embeddings(self, request: Request) -> Response:
         with self.batcher.arriving():
             try:
+                unavailable = self._unavailable()
+                if unavailable is not None:
+                    raise unavailable
+                if self.batcher.pending >= self.batcher.max_queue_inputs:  # before reading the body
+                    raise self._busy(f"{self.batcher.pending} inputs are waiting")
                 body = await _read_body(request, self.limits.max_body_bytes)
-                e = self.embedder
-                req = parse_embedding_request(body, served=self.config.model_names, full_dim=e.dim,
-                                              min_dim=e.mrl_min_dim, default_task=e.facts.default_task,
-                                              n_vocab=e.n_vocab, limits=self.limits,
-                                              truncate_default=self.config.truncate)
+                req = await asyncio.to_thread(self._parse, body) if len(body) > PARSE_OFF_LOOP_BYTES \
+                    else self._parse(body)
                 texts = req.texts
                 if texts is not None and req.instruction is not None:
-                    texts = [e.format_query(t, req.instruction) for t in texts]
-                dim = req.dim or e.dim
+                    texts = [self.embedder.format_query(t, req.instruction) for t in texts]
+                dim = req.dim or self.embedder.dim
                 cached = await self._lookup(texts, dim) if texts is not None else [None] * len(req)
                 job = Job(texts=texts, tokens=req.tokens, decode=[v is None for v in cached], truncate=req.truncate)
                 future = self.batcher.submit(job)
             except APIError as err:
                 return _error(err)
             except QueueFull as err:
-                return _error(APIError(429, f"the server is busy: {err}; retry shortly", type="rate_limit_error",
-                                       code="queue_full", headers={"Retry-After": "1"}))
+                return _error(self._busy(str(err)))
             except ShuttingDown as err:
                 return _error(APIError(503, str(err), type="server_error", code="shutting_down"))
         try:
             result = await asyncio.wrap_future(future)
         except InputTooLong as err:
             return _error(APIError(400, str(err), param=f"input[{err.index}]", code="input_too_long"))
-        except (InputError, TypeError) as err:
+        except InputError as err:
+            unavailable = self._unavailable()
+            if unavailable is not None:  # the model was unloaded under the request
+                return _error(unavailable)
             return _error(APIError(400, str(err), param="input"))
         self.requests += 1
         fresh = l2_normalize(truncate_dim(result.pooled, req.dim))
@@ -145,14 +178,20 @@ class EmbeddingService:
         for i, v in enumerate(cached):
             if v is not None:
                 vectors[i] = v
-        if texts is not None and self.embedder.cache is not None and rows:
+        # a request that truncated inputs is not cached: an Embedder(truncate=False) sharing the
+        # cache must still refuse those texts
+        if texts is not None and self.embedder.cache is not None and rows and not result.truncated:
             await asyncio.to_thread(self._store, [texts[i] for i in rows], dim, fresh)
-        content = embeddings_body(vectors, model=req.model, encoding_format=req.encoding_format,
-                                  prompt_tokens=sum(result.n_tokens))
-        if vectors.size > 200_000:  # a large JSON body is rendered off the event loop
-            payload = await asyncio.to_thread(_JSON(None).render, content)
+        if vectors.size > 200_000:  # a large body is built and rendered off the event loop
+            payload = await asyncio.to_thread(self._render, vectors, req, sum(result.n_tokens))
             return Response(payload, media_type="application/json")
-        return _JSON(content)
+        return _JSON(embeddings_body(vectors, model=req.model, encoding_format=req.encoding_format,
+                                     prompt_tokens=sum(result.n_tokens)))
+
+    @staticmethod
+    def _render(vectors: np.ndarray, req, prompt_tokens: int) -> bytes:
+        return _JSON(None).render(embeddings_body(vectors, model=req.model, encoding_format=req.encoding_format,
+                                                  prompt_tokens=prompt_tokens))
 
     async def _lookup(self, texts: list[str], dim: int) -> list[np.ndarray | None]:
         """Cached vectors of the (model-ready) texts, None where the model must run."""
@@ -162,9 +201,7 @@ class EmbeddingService:
         keys = cache.keys(texts, dim, True)
         found = await asyncio.to_thread(cache.lookup, keys, dim)
         hits = sum(v is not None for v in found)
-        stats = self.embedder.stats
-        stats.cache_hits += hits
-        stats.cache_misses += len(found) - hits
+        self.embedder.stats.add(cache_hits=hits, cache_misses=len(found) - hits)
         return found
 
     def _store(self, texts: list[str], dim: int, vectors: np.ndarray) -> None:
@@ -182,7 +219,7 @@ class EmbeddingService:
         return _JSON(models_body([name], self.created)["data"][0])
 
     async def health(self, request: Request) -> Response:
-        ok = self.batcher.running
+        ok = self._unavailable() is None
         s = self.embedder.stats
         return _JSON({
             "status": "ok" if ok else "unavailable",
@@ -192,7 +229,7 @@ class EmbeddingService:
             "requests": self.requests,
             "batches": self.batcher.cycles,
             "decode_calls": s.decode_calls,
-            "cache": {"backend": self.embedder.cache.backend.description, "hits": s.cache_hits,
+            "cache": {"backend": self.embedder.cache.backend.kind, "hits": s.cache_hits,
                       "misses": s.cache_misses} if self.embedder.cache is not None else None,
         }, status_code=200 if ok else 503)
 
@@ -216,7 +253,7 @@ def create_app(embedder: Embedder, config: ServerConfig, *, close_embedder: bool
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return _JSON(error_body(f"{request.method} {request.url.path}: {exc.detail}", type="invalid_request_error",
-                                code=code), status_code=exc.status_code)
+                                code=code), status_code=exc.status_code, headers=exc.headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)

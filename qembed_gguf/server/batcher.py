@@ -112,6 +112,9 @@ class MicroBatcher:
         with self._lock:
             if self._stopping:
                 raise ShuttingDown("the server is shutting down")
+            if not self.running:
+                raise ShuttingDown("the embedding worker is not running (the app's lifespan did not start it, or "
+                                   "it stopped)")
             if self._pending and self._pending + len(job) > self.max_queue_inputs:
                 raise QueueFull(f"{self._pending} inputs are waiting; this server queues at most "
                                 f"{self.max_queue_inputs}")
@@ -136,11 +139,18 @@ class MicroBatcher:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and not self._stopping
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not self._stopping
 
     # -- worker -----------------------------------------------------------------------------------
     def _collect(self, first: Job) -> tuple[list[Job], bool]:
-        jobs, n = [first], len(first)
+        """``first`` and the jobs queued behind it; jobs whose request was cancelled are dropped
+        (``set_running_or_notify_cancel``: a running future can no longer be cancelled)."""
+        jobs, n = [], 0
+        if first.future.set_running_or_notify_cancel():
+            jobs, n = [first], len(first)
+        else:
+            self._release(len(first))
         deadline = time.monotonic() + self.max_wait_s
         stop = False
         while n < self.max_batch_inputs:
@@ -157,9 +167,16 @@ class MicroBatcher:
             if job is _STOP:
                 stop = True
                 break
-            jobs.append(job)
-            n += len(job)
+            if job.future.set_running_or_notify_cancel():
+                jobs.append(job)
+                n += len(job)
+            else:
+                self._release(len(job))
         return jobs, stop
+
+    def _release(self, n_inputs: int) -> None:
+        with self._lock:
+            self._pending -= n_inputs
 
     def _run(self) -> None:
         while True:
@@ -168,15 +185,15 @@ class MicroBatcher:
                 return
             jobs, stop = self._collect(first)
             try:
-                self._process(jobs)
+                if jobs:
+                    self._process(jobs)
             except BaseException as e:  # noqa: BLE001 - a failed cycle fails its jobs, not the server
                 log.exception("embedding batch failed")
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(e)
             finally:
-                with self._lock:
-                    self._pending -= sum(len(j) for j in jobs)
+                self._release(sum(len(j) for j in jobs))
             if stop:  # every job queued before the marker has been processed
                 return
 

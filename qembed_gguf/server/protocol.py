@@ -57,7 +57,8 @@ class Limits:
 
     max_inputs: int = 2048            # inputs per request (OpenAI's limit)
     max_body_bytes: int = 16 << 20    # request body
-    max_input_tokens: int = 8192      # tokens per input, pooling token included (= Embedder.max_tokens)
+    max_input_tokens: int = 8192      # tokens per input, pooling token included (the server uses Embedder.max_tokens):
+                                      # token-id inputs are checked while parsing, texts once tokenized
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +123,8 @@ def _parse_input(value: Any, limits: Limits, n_vocab: int) -> tuple[list[str] | 
 
 
 def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int, min_dim: int, default_task: str,
-                            n_vocab: int, limits: Limits, truncate_default: bool = False) -> EmbeddingRequest:
+                            n_vocab: int, eos_id: int, limits: Limits,
+                            truncate_default: bool = False) -> EmbeddingRequest:
     """Validate a request body; raises :class:`APIError` (4xx) naming the offending field."""
     try:
         obj = json.loads(body)
@@ -175,6 +177,13 @@ def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int
     truncate = obj.get("truncate", truncate_default)
     if not isinstance(truncate, bool):
         raise _bad(f"'truncate' must be a boolean, got {type(truncate).__name__}", "truncate", "invalid_type")
+    if tokens is not None and not truncate:
+        for i, seq in enumerate(tokens):
+            n = len(seq) + (seq[-1] != eos_id)  # the pooling token is appended unless present
+            if n > limits.max_input_tokens:
+                raise APIError(400, f"input[{i}] has {n} tokens, more than this server's limit of "
+                                    f"{limits.max_input_tokens} (pooling token included); shorten it or send "
+                                    f"\"truncate\": true", param=f"input[{i}]", code="input_too_long")
     return EmbeddingRequest(model=model, texts=texts, tokens=tokens, dim=dim, encoding_format=fmt,
                             instruction=instruction, truncate=truncate)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any, Union
 
-import numpy as np
-
 from ..embedder import Embedder
 from ..errors import InputError
 
@@ -35,20 +33,12 @@ def open_embedder(model: ModelArg, *, dim: int | None, task: str | None,
     else:
         embedder, owned = Embedder(model, **embedder_kwargs), True
     try:
-        _check_dim(embedder, dim)
+        embedder._check_dim(dim)  # the Embedder's own rule, so both name the same range
     except InputError:
         if owned:
             embedder.close()
         raise
     return embedder, owned
-
-
-def _check_dim(embedder: Embedder, dim: int | None) -> None:
-    if dim is None:
-        return
-    lo, hi = embedder.mrl_min_dim, embedder.dim
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not lo <= dim <= hi:
-        raise InputError(f"dim must be an integer in [{lo}, {hi}] (Matryoshka range of this model), got {dim!r}")
 
 
 def check_texts(texts: Any) -> list[str]:

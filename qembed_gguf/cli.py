@@ -273,14 +273,15 @@ def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, 
     from .embedder import Embedder
 
     _setup_logging(ctx.obj["verbose"], quiet=False)
-    if max_queue < max_inputs:
-        raise click.UsageError(f"--max-queue ({max_queue}) must be >= --max-inputs ({max_inputs})")
     names = tuple(model_names) or (Path(model).stem if model.endswith(".gguf") else model,)
+    try:  # the configuration is checked before the model loads
+        config = ServerConfig(model_names=names, api_key=api_key or None, truncate=truncate,
+                              limits=Limits(max_inputs=max_inputs, max_body_bytes=int(max_body_mb * (1 << 20))),
+                              max_wait_ms=batch_wait_ms, max_queue_inputs=max_queue)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     embedder = Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
                         flash_attn=flash_attn, cache=cache_spec)
-    config = ServerConfig(model_names=names, api_key=api_key or None, truncate=truncate,
-                          limits=Limits(max_inputs=max_inputs, max_body_bytes=int(max_body_mb * (1 << 20))),
-                          max_wait_ms=batch_wait_ms, max_queue_inputs=max_queue)
     run(embedder, config, host=host, port=port, log_level="debug" if ctx.obj["verbose"] > 1 else "info")
 
 

@@ -201,7 +201,7 @@ class Embedder:
         revision: str | None = None,
     ):
         self.path = resolve_model(model, cache_dir=cache_dir, outtype=convert_type, revision=revision)
-        check_gguf(self.path)  # before llama.cpp's own parser sees the file
+        header = check_gguf(self.path)  # before llama.cpp's own parser sees the file
         if verify:
             require_integrity(self.path)
         self.info = read_gguf_info(self.path, validated=True)  # check_gguf refused non-Qwen3 files
@@ -255,7 +255,7 @@ class Embedder:
             if backend is not None:
                 settings = (f"{RECIPE_VERSION}|max_tokens={self._max_tokens}|truncate={self.truncate}|"
                             f"flash_attn={flash_attn}|kv={kv_cache_type}")
-                self._cache = VectorCache(backend, f"{content_fingerprint(self.path)}|{settings}")
+                self._cache = VectorCache(backend, f"{content_fingerprint(self.path, header)}|{settings}")
                 log.info("embedding cache: %s", backend.description)
         except BaseException:
             self.close()
@@ -401,7 +401,7 @@ class Embedder:
         pooled = np.empty((len(sequences), self.dim), dtype=np.float32)
         if not sequences:
             return pooled
-        sequences = self._fit(sequences)
+        sequences = self.fit(sequences)
         with self._lock:
             self._require_open()
             seqs_per_batch = min(max_seqs or self._runtime.n_seq_max, self._runtime.n_seq_max)
@@ -461,13 +461,15 @@ class Embedder:
             self._cache.store([keys[todo[t][0]] for t in texts], fresh)
         return out
 
-    def _fit(self, sequences: list[list[int]]) -> list[list[int]]:
-        """Apply the ``max_tokens`` rule: truncate (pooling token kept last) or raise."""
+    def fit(self, sequences: list[list[int]], *, truncate: bool | None = None) -> list[list[int]]:
+        """Apply the ``max_tokens`` rule to prepared sequences: inputs longer than ``max_tokens``
+        are cut keeping the pooling token last (one warning per call), or, with ``truncate``
+        False (default: the Embedder's), raise :class:`InputTooLongError` naming the first."""
         limit = self._max_tokens
         long = [i for i, s in enumerate(sequences) if len(s) > limit]
         if not long:
             return sequences
-        if not self.truncate:
+        if not (self.truncate if truncate is None else truncate):
             i = long[0]
             raise InputTooLongError(
                 f"input {i} has {len(sequences[i])} tokens, more than max_tokens={limit} "

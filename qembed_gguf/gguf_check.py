@@ -477,13 +477,14 @@ def verify_integrity(path: str | os.PathLike[str]) -> IntegrityStatus:
     return IntegrityStatus(True, actual == expected, expected, actual)
 
 
-def content_fingerprint(path: str | os.PathLike[str]) -> str:
+def content_fingerprint(path: str | os.PathLike[str], header: GGUFHeader | None = None) -> str:
     """A BLAKE2b-256 of the file's content: its seal when sealed (no read), else computed (~1 s/GB).
 
-    A sealed file that was modified afterwards keeps its old seal; ``verify`` detects that.
+    ``header``: the file's already-parsed header, if the caller has it. A sealed file that was
+    modified afterwards keeps its old seal; ``verify`` detects that.
     """
     path = Path(path)
-    h = read_header(path)
+    h = header if header is not None else read_header(path)
     at = _seal_offset(h)
     sealed = h.get(keys.INTEGRITY) if at is not None else None
     if sealed and sealed != "0" * DIGEST_HEX:

@@ -266,6 +266,9 @@ class _GatedModel:
     def prepare_texts(self, texts):
         return [[7] * len(t) + [0] for t in texts]
 
+    def fit(self, sequences, *, truncate):
+        return sequences
+
     def pool(self, sequences):
         self.calls.append(len(sequences))
         self.entered.set()
@@ -346,3 +349,13 @@ def test_token_inputs_over_the_limit_are_refused_while_parsing(client, ref):
 def test_loopback_detection():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.com")
+
+
+def test_serve_cli_refuses_a_bad_configuration_before_loading_the_model(tmp_path):
+    from click.testing import CliRunner
+
+    from qembed_gguf.cli import main
+
+    missing = tmp_path / "absent.gguf"  # never opened: the configuration is checked first
+    r = CliRunner().invoke(main, ["serve", str(missing), "--max-queue", "10", "--max-inputs", "20"])
+    assert r.exit_code == 2 and "max_queue_inputs (10) must be >= limits.max_inputs (20)" in r.output

@@ -8,7 +8,7 @@ from typing import Any, Union
 from ..embedder import Embedder
 from ..errors import InputError
 
-__all__ = ["ModelArg", "open_embedder", "check_texts", "check_text"]
+__all__ = ["ModelArg", "EmbedderLifetime", "open_embedder", "check_texts", "check_text"]
 
 #: a model path or name for :class:`Embedder`, or an open Embedder to share
 ModelArg = Union[str, os.PathLike, Embedder]
@@ -53,3 +53,27 @@ def check_text(text: Any) -> str:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     return text
+
+
+class EmbedderLifetime:
+    """``embedder``, ``close()`` and the context manager of an adapter holding ``_embedder`` and
+    ``_owns_embedder`` (set from :func:`open_embedder`)."""
+
+    _embedder: Embedder
+    _owns_embedder: bool
+
+    @property
+    def embedder(self) -> Embedder:
+        """The underlying :class:`~qembed_gguf.Embedder`."""
+        return self._embedder
+
+    def close(self) -> None:
+        """Free the Embedder if this adapter opened it (idempotent); a shared one stays open."""
+        if self._owns_embedder:
+            self._embedder.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

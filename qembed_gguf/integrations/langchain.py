@@ -26,13 +26,12 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         'qembed_gguf.integrations.langchain needs langchain-core: pip install "qembed-gguf[langchain]"'
     ) from exc
 
-from ..embedder import Embedder
-from ._common import ModelArg, check_text, check_texts, open_embedder
+from ._common import EmbedderLifetime, ModelArg, check_text, check_texts, open_embedder
 
 __all__ = ["QembedEmbeddings"]
 
 
-class QembedEmbeddings(Embeddings):
+class QembedEmbeddings(EmbedderLifetime, Embeddings):
     """A LangChain ``Embeddings`` that runs a Qwen3-Embedding GGUF model through qembed-gguf.
 
     Args:
@@ -56,11 +55,6 @@ class QembedEmbeddings(Embeddings):
         self.dim = None if dim is None else int(dim)
         self.task = task
 
-    @property
-    def embedder(self) -> Embedder:
-        """The underlying :class:`~qembed_gguf.Embedder`."""
-        return self._embedder
-
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (raw text, no instruction); one vector per text, in order."""
         return self._embedder.embed_documents(check_texts(texts), dim=self.dim).tolist()
@@ -68,17 +62,6 @@ class QembedEmbeddings(Embeddings):
     def embed_query(self, text: str) -> list[float]:
         """Embed one search query, formatted with the query instruction."""
         return self._embedder.embed_query(check_text(text), task=self.task, dim=self.dim)[0].tolist()
-
-    def close(self) -> None:
-        """Free the Embedder if this object opened it (idempotent); a shared one stays open."""
-        if self._owns_embedder:
-            self._embedder.close()
-
-    def __enter__(self) -> "QembedEmbeddings":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"QembedEmbeddings({self._embedder!r}, dim={self.dim}, task={self.task!r})"

@@ -29,14 +29,14 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     ) from exc
 
 from ..embedder import Embedder
-from ._common import ModelArg, check_text, check_texts, open_embedder
+from ._common import EmbedderLifetime, ModelArg, check_text, check_texts, open_embedder
 
 __all__ = ["QembedEmbedding"]
 
 DEFAULT_EMBED_BATCH_SIZE = 64  # texts per call into the Embedder, which packs them by tokens itself
 
 
-class QembedEmbedding(BaseEmbedding):
+class QembedEmbedding(EmbedderLifetime, BaseEmbedding):
     """A LlamaIndex embedding model that runs a Qwen3-Embedding GGUF model through qembed-gguf.
 
     Args:
@@ -79,11 +79,6 @@ class QembedEmbedding(BaseEmbedding):
     def class_name(cls) -> str:
         return "QembedEmbedding"
 
-    @property
-    def embedder(self) -> Embedder:
-        """The underlying :class:`~qembed_gguf.Embedder`."""
-        return self._embedder
-
     # -- the BaseEmbedding hooks ----------------------------------------------------------------------
     def _get_query_embedding(self, query: str) -> Embedding:
         return self._embedder.embed_query(check_text(query), task=self.task, dim=self.dim)[0].tolist()
@@ -103,14 +98,3 @@ class QembedEmbedding(BaseEmbedding):
     async def _aget_text_embeddings(self, texts: List[str]) -> List[Embedding]:
         return await asyncio.to_thread(self._get_text_embeddings, texts)
 
-    # -- lifetime -------------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Free the Embedder if this object opened it (idempotent); a shared one stays open."""
-        if self._owns_embedder:
-            self._embedder.close()
-
-    def __enter__(self) -> "QembedEmbedding":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -40,8 +40,6 @@ def is_loopback(host: str) -> bool:
 def run(embedder: Embedder, config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8000,
         log_level: str = "info") -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM: queued requests finish, then the model is freed)."""
-    import uvicorn
-
     if not is_loopback(host) and not config.api_key:
         log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
                     "(set --api-key or QEMBED_API_KEY)", host)

@@ -13,19 +13,19 @@ import hmac
 import json
 import logging
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ..embedder import Embedder
-from ..errors import InputError
+from ..errors import InputError, InputTooLongError
 from ..postprocess import l2_normalize, truncate_dim
-from .batcher import InputTooLong, Job, MicroBatcher, QueueFull, ShuttingDown
+from .batcher import Job, MicroBatcher, QueueFull, ShuttingDown
 from .protocol import APIError, Limits, embeddings_body, error_body, models_body, parse_embedding_request
 
 __all__ = ["ServerConfig", "create_app"]
@@ -63,7 +63,11 @@ class _JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _dumps(content)
+
+
+def _dumps(content: Any) -> bytes:
+    return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def _error(e: APIError) -> Response:
@@ -152,7 +156,9 @@ class EmbeddingService:
                 if texts is not None and req.instruction is not None:
                     texts = [self.embedder.format_query(t, req.instruction) for t in texts]
                 dim = req.dim or self.embedder.dim
-                cached = await self._lookup(texts, dim) if texts is not None else [None] * len(req)
+                cache = self.embedder.cache if texts is not None else None
+                keys = cache.keys(texts, dim, True) if cache is not None else None
+                cached = await self._lookup(cache, keys, dim) if keys is not None else [None] * len(req)
                 job = Job(texts=texts, tokens=req.tokens, decode=[v is None for v in cached], truncate=req.truncate)
                 future = self.batcher.submit(job)
             except APIError as err:
@@ -163,8 +169,10 @@ class EmbeddingService:
                 return _error(APIError(503, str(err), type="server_error", code="shutting_down"))
         try:
             result = await asyncio.wrap_future(future)
-        except InputTooLong as err:
-            return _error(APIError(400, str(err), param=f"input[{err.index}]", code="input_too_long"))
+        except InputTooLongError as err:
+            return _error(APIError(400, f"input[{err.index}] has {err.n_tokens} tokens, more than this server's limit "
+                                        f"of {err.max_tokens} (pooling token included); shorten it or send "
+                                        f"\"truncate\": true", param=f"input[{err.index}]", code="input_too_long"))
         except InputError as err:
             unavailable = self._unavailable()
             if unavailable is not None:  # the model was unloaded under the request
@@ -180,8 +188,8 @@ class EmbeddingService:
                 vectors[i] = v
         # a request that truncated inputs is not cached: an Embedder(truncate=False) sharing the
         # cache must still refuse those texts
-        if texts is not None and self.embedder.cache is not None and rows and not result.truncated:
-            await asyncio.to_thread(self._store, [texts[i] for i in rows], dim, fresh)
+        if keys is not None and rows and not result.truncated:
+            await asyncio.to_thread(cache.store, [keys[i] for i in rows], fresh)
         if vectors.size > 200_000:  # a large body is built and rendered off the event loop
             payload = await asyncio.to_thread(self._render, vectors, req, sum(result.n_tokens))
             return Response(payload, media_type="application/json")
@@ -190,23 +198,15 @@ class EmbeddingService:
 
     @staticmethod
     def _render(vectors: np.ndarray, req, prompt_tokens: int) -> bytes:
-        return _JSON(None).render(embeddings_body(vectors, model=req.model, encoding_format=req.encoding_format,
-                                                  prompt_tokens=prompt_tokens))
+        return _dumps(embeddings_body(vectors, model=req.model, encoding_format=req.encoding_format,
+                                      prompt_tokens=prompt_tokens))
 
-    async def _lookup(self, texts: list[str], dim: int) -> list[np.ndarray | None]:
-        """Cached vectors of the (model-ready) texts, None where the model must run."""
-        cache = self.embedder.cache
-        if cache is None:
-            return [None] * len(texts)
-        keys = cache.keys(texts, dim, True)
+    async def _lookup(self, cache, keys: list[bytes], dim: int) -> list[np.ndarray | None]:
+        """Cached vectors under ``keys``, None where the model must run (counted in the stats)."""
         found = await asyncio.to_thread(cache.lookup, keys, dim)
         hits = sum(v is not None for v in found)
         self.embedder.stats.add(cache_hits=hits, cache_misses=len(found) - hits)
         return found
-
-    def _store(self, texts: list[str], dim: int, vectors: np.ndarray) -> None:
-        cache = self.embedder.cache
-        cache.store(cache.keys(texts, dim, True), vectors)
 
     async def models(self, request: Request) -> Response:
         return _JSON(models_body(self.config.model_names, self.created))

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..embedder import Embedder
 
-__all__ = ["Job", "JobResult", "MicroBatcher", "QueueFull", "ShuttingDown", "InputTooLong"]
+__all__ = ["Job", "JobResult", "MicroBatcher", "QueueFull", "ShuttingDown"]
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +38,6 @@ class QueueFull(Exception):
 
 class ShuttingDown(Exception):
     """The batcher is stopping (or stopped) and accepts no new work."""
-
-
-class InputTooLong(Exception):
-    """An input exceeds the token limit and its request did not ask for truncation."""
-
-    def __init__(self, index: int, n_tokens: int, limit: int):
-        super().__init__(f"input[{index}] has {n_tokens} tokens, more than this server's limit of {limit} "
-                         f"(pooling token included); shorten it or send \"truncate\": true")
-        self.index = index
 
 
 @dataclasses.dataclass
@@ -198,16 +189,12 @@ class MicroBatcher:
                 return
 
     def _prepare(self, job: Job) -> tuple[list[list[int]], int]:
+        """Token sequences of a job with the request's truncation rule applied (the Embedder's
+        ``fit``: raises :class:`InputTooLongError` for the request), and how many were cut."""
         e = self.embedder
         seqs = e.prepare_texts(job.texts) if job.texts is not None else e.prepare_tokens(job.tokens)
-        limit, truncated = e.max_tokens, 0
-        for i, s in enumerate(seqs):
-            if len(s) > limit:
-                if not job.truncate:
-                    raise InputTooLong(i, len(s), limit)
-                seqs[i] = s[:limit - 1] + [s[-1]]  # keep the pooling token last
-                truncated += 1
-        return seqs, truncated
+        truncated = sum(len(s) > e.max_tokens for s in seqs)
+        return e.fit(seqs, truncate=job.truncate), truncated
 
     def _process(self, jobs: list[Job]) -> None:
         batch: list[list[int]] = []

@@ -14,14 +14,15 @@ import ctypes
 import dataclasses
 import logging
 import os
+import re
 from pathlib import Path
 
 import gguf
 import numpy as np
 
-from qembed_gguf.errors import BackendError, ConversionError
+from qembed_gguf.errors import BackendError, ConversionError, InputError
 
-__all__ = ["OutType", "OUTTYPES", "get_outtype", "choose_type", "encode_rows", "llama_quantize"]
+__all__ = ["OutType", "OUTTYPES", "get_outtype", "choose_type", "predict_type", "encode_rows", "llama_quantize"]
 
 log = logging.getLogger(__name__)
 Q = gguf.GGMLQuantizationType
@@ -79,6 +80,58 @@ def choose_type(gguf_name: str, shape: tuple[int, ...], outtype: OutType) -> tup
     if shape[-1] % block:
         return Q.F16, f"rows of {shape[-1]} are not a multiple of the {qtype.name} block size {block}: F16"
     return qtype, None
+
+
+# llama.cpp's K-quant mixes, for the Qwen3 tensors (src/llama-quant.cpp, llama_tensor_get_type):
+# (default type, attn_v and ffn_down in the "more bits" layers, attn_v elsewhere, ffn_down elsewhere,
+#  attn_output). token_embd (no output.weight: llama.cpp treats the embeddings as tied) is Q6_K.
+_KQUANT_MIX = {
+    "q6_k": (Q.Q6_K, Q.Q6_K, Q.Q6_K, Q.Q6_K, Q.Q6_K),
+    "q5_k_m": (Q.Q5_K, Q.Q6_K, Q.Q5_K, Q.Q5_K, Q.Q5_K),
+    "q5_k_s": (Q.Q5_K, Q.Q5_K, Q.Q5_K, Q.Q5_K, Q.Q5_K),
+    "q4_k_m": (Q.Q4_K, Q.Q6_K, Q.Q4_K, Q.Q4_K, Q.Q4_K),
+}
+# a 256-value K-quant block that does not divide a row falls back to a 32-value type
+_KQUANT_FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0, Q.Q3_K: Q.Q4_0}
+
+
+def _more_bits(i_layer: int, n_layer: int) -> bool:
+    """llama.cpp's ``use_more_bits``: the first and last eighth of the layers and every third between."""
+    return i_layer < n_layer // 8 or i_layer >= 7 * n_layer // 8 or (i_layer - n_layer // 8) % 3 == 2
+
+
+def predict_type(gguf_name: str, shape: tuple[int, ...], outtype: OutType, *, n_layer: int) -> gguf.GGMLQuantizationType:
+    """The GGML type ``gguf_name`` gets in an ``outtype`` file written by ``qembed-gguf convert``.
+
+    Python-written types follow :func:`choose_type`. The K-quant mixes mirror llama.cpp's quantizer
+    for the tensors of a Qwen3 embedding model converted here (layers in file order, no
+    ``output.weight``); the tests check the mirror against files llama.cpp's quantizer wrote.
+    ``shape`` is in HF order (rows, cols). Used to plan memory before a file exists.
+    """
+    if outtype.qtype is not None:
+        return choose_type(gguf_name, shape, outtype)[0]
+    if outtype.name not in _KQUANT_MIX:
+        raise InputError(f"no type prediction for {outtype.name} (only {', '.join(_KQUANT_MIX)} and the Python-written "
+                         f"types); plan from a converted file instead")
+    if len(shape) <= 1 or gguf_name.endswith("_norm.weight"):
+        return Q.F32
+    default, more, attn_v, ffn_down, attn_output = _KQUANT_MIX[outtype.name]
+    cols = shape[-1]
+    if gguf_name == "token_embd.weight":
+        return Q.Q6_K if cols % 256 == 0 else Q.Q8_0
+    m = re.match(r"blk\.(\d+)\.(\w+)\.weight$", gguf_name)
+    kind = m.group(2) if m else ""
+    if kind in ("attn_v", "ffn_down"):
+        qtype = more if _more_bits(int(m.group(1)), n_layer) else (attn_v if kind == "attn_v" else ffn_down)
+    elif kind == "attn_output":
+        qtype = attn_output
+    else:
+        qtype = default
+    if cols % gguf.GGML_QUANT_SIZES[qtype][0]:
+        qtype = _KQUANT_FALLBACK.get(qtype, Q.F16)
+        if cols % gguf.GGML_QUANT_SIZES[qtype][0]:
+            qtype = Q.F16
+    return qtype
 
 
 def row_nbytes(qtype: gguf.GGMLQuantizationType, cols: int) -> int:

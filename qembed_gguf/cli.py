@@ -45,6 +45,24 @@ def _library_errors(func):
     return wrapper
 
 
+class _GpuLayers(click.ParamType):
+    """``--n-gpu-layers``: an integer (-1: all) or ``auto``."""
+
+    name = "INT|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither an integer nor 'auto'", param, ctx)
+
+
+GPU_LAYERS = _GpuLayers()
+_GPU_HELP = "Layers to offload to a GPU: a number (-1: all) or 'auto' (what fits the free VRAM or --vram)."
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qembed-gguf")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -173,12 +191,13 @@ def verify(ctx, file):
 @click.option("--chunk-size", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Texts per checkpoint: an interrupted job resumes from the last finished chunk.")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
-@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="Layers to offload to a GPU (-1: all).")
+@click.option("--n-gpu-layers", type=GPU_LAYERS, default="0", show_default=True, help=_GPU_HELP)
+@click.option("--vram", default=None, help="With --n-gpu-layers auto: the most VRAM to use, e.g. 3.5GB.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.pass_context
 @_library_errors
 def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_tokens, max_tokens, no_truncate,
-          precision, force, restart, chunk_size, threads, n_gpu_layers, quiet):
+          precision, force, restart, chunk_size, threads, n_gpu_layers, vram, quiet):
     """Embed the texts of INPUT (.txt, .jsonl, or - for stdin) with MODEL into a .npy file.
 
     Large inputs are streamed and checkpointed every --chunk-size texts: if the job is killed,
@@ -206,8 +225,8 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
         raise click.ClickException(f"output folder {out.parent} does not exist")
 
     def load() -> Embedder:  # only once the input has been validated
-        return Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
-                        truncate=not no_truncate)
+        return Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, vram_budget=vram,
+                        max_tokens=max_tokens, truncate=not no_truncate)
 
     settings = JobSettings(fmt=fmt, field=field, query=query, task=task, dim=dim, precision=precision,
                            batch_tokens=batch_tokens, chunk_size=chunk_size)
@@ -251,11 +270,12 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
 @click.option("--flash-attn/--no-flash-attn", default=True, show_default=True,
               help="Flash attention (faster; off: vectors vary less with what shares their batch).")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
-@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="Layers to offload to a GPU (-1: all).")
+@click.option("--n-gpu-layers", type=GPU_LAYERS, default="0", show_default=True, help=_GPU_HELP)
+@click.option("--vram", default=None, help="With --n-gpu-layers auto: the most VRAM to use, e.g. 3.5GB.")
 @click.pass_context
 @_library_errors
 def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, truncate, max_inputs, max_body_mb,
-          max_queue, batch_wait_ms, flash_attn, threads, n_gpu_layers):
+          max_queue, batch_wait_ms, flash_attn, threads, n_gpu_layers, vram):
     """Serve MODEL as an OpenAI-compatible embeddings API (/v1/embeddings, /v1/models, /health).
 
     \b
@@ -280,8 +300,8 @@ def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, 
                               max_wait_ms=batch_wait_ms, max_queue_inputs=max_queue)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    embedder = Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, max_tokens=max_tokens,
-                        flash_attn=flash_attn, cache=cache_spec)
+    embedder = Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, vram_budget=vram,
+                        max_tokens=max_tokens, flash_attn=flash_attn, cache=cache_spec)
     run(embedder, config, host=host, port=port, log_level="debug" if ctx.obj["verbose"] > 1 else "info")
 
 
@@ -328,6 +348,99 @@ def demo(ctx, model):
                    f"({tokens / seconds:.0f} tokens/s; model loaded beforehand, {e.batch_tokens}-token batches)")
 
 
+TABLE_BUDGETS = ("4GB", "6GB", "8GB", "12GB")
+TABLE_CONTEXTS = (2048, 8192, 32768)
+TABLE_QUANTS = ("q4_k_m", "q8_0", "f16")
+
+
+def fit_table_markdown() -> str:
+    """The README's GPU table: the 0.6B/4B/8B models at Q4_K_M/Q8_0/F16, 2K/8K/32K, 4-12 GB."""
+    from .gpuplan import ModelGeometry, fit_table, parse_size
+    from .report import render_fit_table
+
+    budgets = [parse_size(b) for b in TABLE_BUDGETS]
+    geoms = [ModelGeometry.from_spec(spec, q) for spec in registry.all_specs() if spec.hub_id for q in TABLE_QUANTS]
+    return render_fit_table(fit_table(geoms, budgets=budgets, contexts=TABLE_CONTEXTS), budgets)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--vram", default=None, help="VRAM budget, e.g. 4GB, 3.5GiB, 3500MiB (binary units) "
+                                           "[default: the free memory of the GPUs llama.cpp sees].")
+@click.option("--ctx", "n_ctx", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Context (tokens): the longest input, or the most tokens of one decode batch.")
+@click.option("--ubatch", "n_ubatch", type=click.IntRange(min=1), default=512, show_default=True,
+              help="llama.cpp micro-batch (sizes the compute buffer).")
+@click.option("--kv-type", type=click.Choice(["f16", "q8_0", "f32"]), default="f16", show_default=True)
+@click.option("--flash-attn/--no-flash-attn", default=True, show_default=True)
+@click.option("--quant", default=None, help="For a model name: the type it would be converted to "
+                                            "(f16, bf16, q8_0, q4_0, q6_k, q5_k_m, q5_k_s, q4_k_m).")
+@click.option("--table", is_flag=True, help="Print the README's what-fits table (0.6B/4B/8B) instead.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@_library_errors
+def plan(ctx, model, vram, n_ctx, n_ubatch, kv_type, flash_attn, quant, table, as_json):
+    """Plan GPU offload for MODEL (a .gguf file, or a model name with --quant) before loading it.
+
+    \b
+    Examples:
+      qembed-gguf plan Qwen3-Embedding-4B-Q4_K_M.gguf --vram 4GB --ctx 8192
+      qembed-gguf plan qwen3-embedding-8b --quant q4_k_m --vram 6GB --ctx 32768 --kv-type q8_0
+      qembed-gguf plan --table
+    """
+    import dataclasses as dc
+
+    from .devices import gpu_free_bytes
+    from .gguf_check import check_gguf
+    from .gpuplan import ModelGeometry, max_full_context, parse_size, plan_offload
+    from .report import render_plan
+
+    _setup_logging(ctx.obj["verbose"], quiet=True)
+    if table:
+        click.echo(fit_table_markdown())
+        return
+    if model is None:
+        raise click.UsageError("MODEL is required (or --table)")
+    if model.endswith(".gguf") or os.path.isfile(model):
+        if quant:
+            raise click.UsageError("--quant applies to a model name; a file's own tensor types are used")
+        geom, source = ModelGeometry.from_header(check_gguf(model)), "from the file's tensors"
+    else:
+        if not quant:
+            raise click.UsageError("a model name needs --quant (the type you would convert it to)")
+        geom = ModelGeometry.from_spec(registry.get_spec(model), quant.lower())
+        source = "tensor types predicted as `qembed-gguf convert` writes them"
+    if vram is None:
+        budget = gpu_free_bytes()
+        if budget is None:
+            raise click.UsageError("no GPU memory reported by this llama.cpp build; pass --vram (e.g. --vram 4GB)")
+    else:
+        budget = parse_size(vram)
+    result = plan_offload(geom, budget_bytes=budget, n_ctx=n_ctx, n_ubatch=n_ubatch, kv_type=kv_type,
+                          flash_attn=flash_attn)
+    full_ctx = max_full_context(geom, budget_bytes=budget, n_ubatch=n_ubatch, kv_type=kv_type, flash_attn=flash_attn)
+    if as_json:
+        click.echo(json.dumps({"model": geom.label, "budget_bytes": budget, "n_ctx": n_ctx,
+                               "n_gpu_layers": result.n_gpu_layers, "fits_fully": result.fits_fully,
+                               "gpu": dc.asdict(result.usage), "full_offload": dc.asdict(result.full_usage),
+                               "host_bytes": result.host_bytes, "max_full_offload_ctx": full_ctx}, indent=2))
+        return
+    click.echo(render_plan(result, geom, source=source, n_ubatch=n_ubatch, kv_type=kv_type, flash_attn=flash_attn,
+                           max_full_ctx=full_ctx))
+
+
+@main.command()
+@click.pass_context
+@_library_errors
+def doctor(ctx):
+    """Show the llama.cpp backend in use, CPU features, GPUs, and the build preset for this machine."""
+    from .devices import diagnose
+    from .report import render_doctor
+
+    _setup_logging(ctx.obj["verbose"], quiet=True)
+    click.echo(render_doctor(diagnose()))
+
+
 @main.command("models")
 def list_models():
     """List the models qembed-gguf knows by name."""
@@ -352,7 +465,8 @@ def backend_presets():
 
 
 @backend_group.command("install")
-@click.option("--preset", required=True, help="A CMakePresets.json preset: cpu-native, cuda-sm75, cuda-sm86, cuda-sm89.")
+@click.option("--preset", required=True,
+              help="A CMakePresets.json preset (`qembed-gguf backend presets`; `qembed-gguf doctor` names yours).")
 @click.option("--version", "version", default=backend.LLAMA_CPP_PYTHON_VERSION, show_default=True,
               help="llama-cpp-python version to build.")
 @click.option("--dry-run", is_flag=True, help="Print the command without running it.")

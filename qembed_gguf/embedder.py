@@ -29,7 +29,9 @@ from .batching import plan_batches
 from .cache import RECIPE_VERSION, EmbeddingCache, VectorCache, open_cache
 from .errors import InputError, InputTooLongError, ModelLoadError
 from .fileinfo import GGUFInfo, read_gguf_info
+from .devices import gpu_free_bytes, gpu_offload_supported
 from .gguf_check import check_gguf, content_fingerprint, require_integrity
+from .gpuplan import ModelGeometry, Plan, check_gpu_request, resolve_gpu_layers
 from .modelcache import resolve_model
 from .postprocess import PRECISIONS, check_finite, l2_normalize, quantize_embeddings, truncate_dim
 from .runtime import LlamaRuntime
@@ -137,8 +139,13 @@ class Embedder:
     Args:
         model: a ``.gguf`` file; or a checkpoint folder, registry name (``qwen3-embedding-0.6b``,
             ``tiny``) or hub id, converted once to ``convert_type`` into ``cache_dir`` and reused.
-        n_gpu_layers: layers to offload to the GPU (-1: all). Ignored, with a log line, on a
-            CPU-only llama.cpp build.
+        n_gpu_layers: layers to offload to the GPU: an int (-1: all; llama.cpp offloads the
+            output layer first, then the last blocks), or ``"auto"``: the most that fit the free
+            VRAM (or ``vram_budget``) with this context, from :mod:`qembed_gguf.gpuplan`; the plan
+            is logged and kept in :attr:`gpu_plan`. A CPU-only llama.cpp build runs on the CPU
+            with one log line either way.
+        vram_budget: with ``n_gpu_layers="auto"``, the most VRAM to plan for (bytes, or ``"3.5GB"``;
+            binary units); the smaller of this and the free VRAM the backend reports is used.
         n_threads: CPU threads (default: every CPU this process may use, per its affinity mask).
         max_tokens: longest input, in tokens including the pooling token (default
             min(8192, the model's trained context)).
@@ -181,7 +188,8 @@ class Embedder:
         self,
         model: str | os.PathLike[str],
         *,
-        n_gpu_layers: int = 0,
+        n_gpu_layers: int | str = 0,
+        vram_budget: int | str | None = None,
         n_threads: int | None = None,
         max_tokens: int | None = None,
         n_ctx: int | None = None,
@@ -200,6 +208,7 @@ class Embedder:
         convert_type: str = "q8_0",
         revision: str | None = None,
     ):
+        check_gpu_request(n_gpu_layers, vram_budget)  # before any conversion or loading
         self.path = resolve_model(model, cache_dir=cache_dir, outtype=convert_type, revision=revision)
         header = check_gguf(self.path)  # before llama.cpp's own parser sees the file
         if verify:
@@ -231,15 +240,22 @@ class Embedder:
         self.truncate = bool(truncate)
         self._dim = self._check_dim(dim)
 
-        import llama_cpp
-
-        if n_gpu_layers and not llama_cpp.llama_supports_gpu_offload():
-            log.info("n_gpu_layers=%s requested, but this llama.cpp build has no GPU backend: running on the CPU",
-                     n_gpu_layers)
+        offload = gpu_offload_supported()
+        decision = resolve_gpu_layers(
+            n_gpu_layers, vram_budget=vram_budget, offload_supported=offload,
+            free_bytes=gpu_free_bytes() if offload and n_gpu_layers == "auto" else None,
+            geometry=lambda: ModelGeometry.from_header(header), n_ctx=self._n_ctx, n_ubatch=self._n_ubatch,
+            kv_type=kv_cache_type, flash_attn=flash_attn is not False)
+        if decision.reason:
+            log.info("%s: %s", self.path.name, decision.reason)
+        self.gpu_plan: Plan | None = decision.plan
+        """The offload plan when ``n_gpu_layers="auto"`` found a GPU backend, else None."""
+        self.n_gpu_layers: int = decision.n_gpu_layers
+        """What was passed to llama.cpp."""
         self._lock = threading.RLock()
         self._runtime = LlamaRuntime(
             self.path, n_ctx=self._n_ctx, n_ubatch=self._n_ubatch, n_seq_max=max_batch_sequences,
-            n_threads=n_threads or usable_cpus(), n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
+            n_threads=n_threads or usable_cpus(), n_gpu_layers=self.n_gpu_layers, flash_attn=flash_attn,
             kv_type=KV_CACHE_TYPES[kv_cache_type], use_mmap=use_mmap, initial_ctx=self._n_ubatch,
             verbose=verbose)
         eos = self._runtime.special_token_id(POOLING_TOKEN)

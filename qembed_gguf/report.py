@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from .fileinfo import GGUFInfo
+from typing import Sequence
 
-__all__ = ["render_summary", "render_info"]
+from .fileinfo import GGUFInfo
+from .gpuplan import GiB, ModelGeometry, Plan, format_size
+
+__all__ = ["render_summary", "render_info", "render_plan", "render_fit_table", "render_doctor"]
 
 
 def _size(n: int) -> str:
@@ -65,4 +68,88 @@ def render_info(info: GGUFInfo) -> str:
         lines.append(f"WARNING:        {p}")
     lines.append("status:         " + ("OK for Qwen3 embeddings" if not problems else
                                       f"{len(problems)} problem(s): vectors from this file may be wrong"))
+    return "\n".join(lines)
+
+
+def render_plan(plan: Plan, geom: ModelGeometry, *, source: str, n_ubatch: int, kv_type: str, flash_attn: bool,
+                max_full_ctx: int) -> str:
+    """``qembed-gguf plan``: the chosen ``n_gpu_layers`` and where every byte goes."""
+    u, full = plan.usage, plan.full_usage
+    n = geom.n_layer
+    if u.n_gpu_layers == 0:
+        verdict = "n_gpu_layers = 0: not even the output layer and the buffers fit; run on the CPU"
+    elif plan.fits_fully:
+        verdict = f"n_gpu_layers = {u.n_gpu_layers}: everything fits (all {n} blocks + output layer)"
+    else:
+        verdict = (f"n_gpu_layers = {u.n_gpu_layers}: the output layer and the last {u.blocks} of {n} blocks; "
+                   f"{n - u.blocks} blocks run on the CPU")
+    per_block_kv = u.kv // u.blocks if u.blocks else full.kv // n
+    lines = [
+        f"model:    {geom.label} ({source}); {n} blocks, {format_size(geom.weight_bytes)} of weights",
+        f"settings: n_ctx {plan.n_ctx}, n_ubatch {n_ubatch}, KV cache {kv_type}, flash attention "
+        f"{'on' if flash_attn else 'off'}",
+        f"budget:   {format_size(plan.budget_bytes)}",
+        f"plan:     {verdict}",
+        f"GPU:      weights {format_size(u.weights)} + KV {format_size(u.kv)} + compute {format_size(u.compute)} "
+        f"+ overhead {format_size(u.overhead)}, +5% margin = {format_size(u.total)}",
+        f"host:     {format_size(plan.host_bytes)} (token embeddings{', CPU blocks and their KV' if not plan.fits_fully else ''})",
+        f"per block: weights {format_size(max(geom.layer_bytes))} (largest), KV {format_size(per_block_kv)} at n_ctx {plan.n_ctx}",
+        f"full offload needs {format_size(full.total)} at n_ctx {plan.n_ctx}; "
+        + (f"the whole model fits this budget up to n_ctx {max_full_ctx}" if max_full_ctx
+           else "the whole model does not fit this budget at any context"),
+        f"use:      Embedder(..., n_gpu_layers={u.n_gpu_layers}, n_ctx={plan.n_ctx})  or  n_gpu_layers=\"auto\"",
+    ]
+    return "\n".join(lines)
+
+
+def _ctx_label(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def render_fit_table(rows: Sequence[tuple[ModelGeometry, int, list[Plan]]], budgets: Sequence[int]) -> str:
+    """A markdown table: per (model, context) row, the full-offload need and what fits each budget."""
+    head = ["model", "context", "full offload"] + [f"{b / GiB:g} GB" for b in budgets]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for geom, ctx, plans in rows:
+        cells = []
+        for p in plans:
+            if p.fits_fully:
+                cells.append("all")
+            elif p.n_gpu_layers == 0:
+                cells.append("CPU")
+            else:
+                cells.append(f"{p.usage.blocks}/{geom.n_layer}")
+        out.append(f"| {geom.label} | {_ctx_label(ctx)} | {plans[0].full_usage.total / GiB:.2f} GiB | "
+                   + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def render_doctor(d) -> str:
+    """``qembed-gguf doctor`` (``d``: :class:`qembed_gguf.devices.Diagnosis`)."""
+    v = d.versions
+    cpu_flags = " ".join(k for k, val in d.cpu.items() if val == "1") or "unknown"
+    lines = [
+        "versions:  " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"library:   {d.library or 'llama-cpp-python not importable'}"
+        + (f"  (LLAMA_CPP_LIB_PATH={d.lib_path_env})" if d.lib_path_env else ""),
+        f"backends:  {', '.join(d.backends) or 'unknown'}; GPU offload "
+        + ("supported" if d.offload else "NOT supported (CPU-only build)"),
+        f"CPU:       {cpu_flags}",
+    ]
+    for dev in d.devices:
+        mem = f", {format_size(dev.free)} free of {format_size(dev.total)}" if dev.total else ""
+        lines.append(f"device:    {dev.backend}/{dev.name} ({dev.kind}): {dev.description}{mem}")
+    if d.nvidia:
+        for g in d.nvidia:
+            lines.append(f"NVIDIA:    #{g.index} {g.name}, compute capability {g.compute_capability[0]}."
+                         f"{g.compute_capability[1]}, {format_size(g.free)} free of {format_size(g.total)}"
+                         f" (driver {d.driver})")
+    else:
+        lines.append("NVIDIA:    no NVIDIA driver/GPU found (NVML)")
+    t = d.tools
+    lines.append(f"toolchain: cmake {t.cmake or 'missing'}, C++ compiler {t.compiler or 'missing'}, "
+                 f"nvcc {t.nvcc or 'missing'}")
+    lines.append(f"preset:    {d.preset} ({d.preset_reason})")
+    lines.append(f"install:   qembed-gguf backend install --preset {d.preset}")
+    lines.extend(f"WARNING:   {w}" for w in d.warnings)
     return "\n".join(lines)

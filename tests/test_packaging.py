@@ -40,11 +40,17 @@ def test_no_top_level_convert_module_installed():
 
 def test_cmake_presets_valid():
     presets = backend.load_presets(ROOT / "CMakePresets.json")
-    assert set(presets) == {"cpu-native", "cuda-sm75", "cuda-sm86", "cuda-sm89"}
+    cuda_archs = ("61", "75", "80", "86", "89", "90", "120")
+    assert set(presets) == {"cpu-native", "cuda-native", "vulkan", "metal", *(f"cuda-sm{a}" for a in cuda_archs)}
     assert presets["cpu-native"].cache_variables["GGML_NATIVE"] == "ON"
     assert presets["cpu-native"].cache_variables["LLAVA_BUILD"] == "OFF"
-    for arch in ("75", "86", "89"):
+    for arch in cuda_archs:
         assert presets[f"cuda-sm{arch}"].cache_variables["CMAKE_CUDA_ARCHITECTURES"] == arch
+        assert presets[f"cuda-sm{arch}"].cache_variables["GGML_CUDA"] == "ON"
+    assert presets["cuda-native"].cache_variables["CMAKE_CUDA_ARCHITECTURES"] == "native"
+    assert presets["vulkan"].cache_variables["GGML_VULKAN"] == "ON"
+    assert presets["metal"].cache_variables["GGML_METAL"] == "ON"
+    assert all(p.cache_variables["LLAVA_BUILD"] == "OFF" for p in presets.values())
     if shutil.which("cmake"):
         proc = subprocess.run(["cmake", "--list-presets"], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr

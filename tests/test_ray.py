@@ -43,12 +43,21 @@ def _texts(n: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     """One local Ray instance for the module: 4 logical CPUs (2 workers + room for Ray Data's
-    write tasks) on this 2-core machine; the workers inherit QEMBED_CACHE (the test cache)."""
+    write tasks) on this 2-core machine; the workers inherit QEMBED_CACHE (the test cache).
+
+    Ray puts the driver's working directory on its workers' sys.path: started from a checkout
+    (as CI runs), the workers would import the source tree instead of the installed package
+    (which maps convert/ into qembed_gguf.convert). So the instance starts from an empty folder."""
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray-driver"))
+    try:
+        ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    finally:
+        os.chdir(here)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

@@ -273,7 +273,8 @@ def diagnose() -> Diagnosis:
         warnings.append("nvcc (the CUDA toolkit) is not on PATH: the CUDA build needs it (CUDA 12.x)")
     if tools.cmake is None or tools.compiler is None:
         warnings.append("a source build needs cmake and a C++ compiler on PATH")
-    return Diagnosis(versions=versions, library=str(_llama_lib_dir()) if _llama_lib_dir() else None,
+    lib_dir = _llama_lib_dir()
+    return Diagnosis(versions=versions, library=str(lib_dir) if lib_dir else None,
                      lib_path_env=os.environ.get("LLAMA_CPP_LIB_PATH"), backends=backends, devices=devices,
                      offload=offload, cpu=cpu_features(), nvidia=gpus, driver=driver, tools=tools, preset=preset,
                      preset_reason=why, warnings=warnings)

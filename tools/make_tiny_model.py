@@ -9,8 +9,8 @@ tokens, the ``<|endoftext|>`` TemplateProcessing post-processor) on a seeded syn
 corpus, writes the sentence-transformers side files, and random bf16 weights with the Qwen3 layout.
 The weights are random: the model is NON-SEMANTIC and exists only to exercise the pipeline.
 
-Needs qembed-gguf installed (for ``qembed_gguf.synthetic``) and the ``tokenizers`` package (in the
-``test`` extra); the runtime never imports this script.
+Needs qembed-gguf installed (for ``qembed_gguf.synthetic`` and ``qembed_gguf.realvocab``) and the
+``tokenizers`` package (in the ``test`` extra); the runtime never imports this script.
 """
 
 from __future__ import annotations
@@ -22,23 +22,12 @@ import random
 import shutil
 from pathlib import Path
 
+# the Qwen3 tokenizer facts (split regex, added tokens, tokenizer_config.json) live in one place
+from qembed_gguf.realvocab import QWEN2_PATTERN, QWEN3_ADDED, qwen3_tokenizer_config
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "models" / "tiny-qwen3-embedding"
 
-# The pre-tokenizer regex of Qwen2/Qwen3 tokenizer.json (llama.cpp's pre-type "qwen2").
-QWEN2_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# The added tokens of Qwen3, in id order after the BPE vocabulary: (content, special).
-QWEN3_ADDED = [
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
-    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True),
-    ("<|quad_start|>", True), ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True),
-    ("<|vision_pad|>", True), ("<|image_pad|>", True), ("<|video_pad|>", True),
-    ("<tool_call>", False), ("</tool_call>", False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False),
-    ("<tool_response>", False), ("</tool_response>", False), ("<think>", False), ("</think>", False),
-]
 VOCAB_SIZE = 4096  # BPE vocabulary + the 26 added tokens
 DEFAULT_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 
@@ -120,27 +109,7 @@ def train_tokenizer():
 
 
 def tokenizer_config(tok) -> dict:
-    decoder = {}
-    for content, special in QWEN3_ADDED:
-        decoder[str(tok.token_to_id(content))] = {
-            "content": content, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": special,
-        }
-    return {
-        "add_bos_token": False,
-        "add_prefix_space": False,
-        "added_tokens_decoder": decoder,
-        "additional_special_tokens": [c for c, s in QWEN3_ADDED[1:14]],
-        "bos_token": None,
-        "clean_up_tokenization_spaces": False,
-        "eos_token": "<|im_end|>",       # as in the hub repos: the chat end token, NOT the pooling token
-        "errors": "replace",
-        "model_max_length": 131072,
-        "pad_token": "<|endoftext|>",
-        "split_special_tokens": False,
-        "tokenizer_class": "Qwen2Tokenizer",
-        "unk_token": None,
-    }
+    return qwen3_tokenizer_config(tok.token_to_id("<|endoftext|>"), model_max_length=131072)
 
 
 README = """\

@@ -51,7 +51,7 @@ __all__ = ["EmbeddingCache", "MemoryCache", "SQLiteCache", "RedisCache", "Vector
 log = logging.getLogger(__name__)
 
 # bump when the recipe that turns an input into a vector changes (pooling, EOS handling …)
-RECIPE_VERSION = "qembed-recipe-1"
+RECIPE_VERSION = "qembed-recipe-2"  # 2: NFC before tokenizing
 
 
 def cache_key(namespace: str, dim: int, normalize: bool, text: str) -> bytes:

@@ -3,8 +3,8 @@
 The recipe (../shared/QWEN3_EMBEDDING.md), applied here rather than trusted to the file:
 
 1. queries are formatted ``Instruct: {task}\\nQuery:{text}``; documents are raw text;
-2. text is tokenized without BOS and with special-token text left as text, then the pooling
-   token ``<|endoftext|>`` is appended exactly once;
+2. text is NFC-normalised (the official tokenizer.json's normaliser), tokenized without BOS and with
+   special-token text left as text, then the pooling token ``<|endoftext|>`` is appended exactly once;
 3. the context pools LAST (forced), so the vector is the hidden state of that token;
 4. Matryoshka truncation to ``dim``, THEN L2 normalisation, in numpy.
 
@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import threading
+import unicodedata
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -121,6 +122,10 @@ def _check_token_lists(inputs: Sequence[Sequence[int]], n_vocab: int) -> list[li
     return out
 
 
+def _nfc(text: str) -> str:
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
 def _check_texts(texts: str | Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         return [texts]
@@ -169,6 +174,10 @@ class Embedder:
         use_mmap: map the file instead of loading it. Off by default: on CPU llama.cpp repacks
             quantized weights into its own buffers, so a mapped file stays resident next to the
             repacked copy (4B-shaped Q4_K_M, measured: 3.9 GiB vs 2.3 GiB peak RSS).
+        repack: let llama.cpp's CPU backend repack Q4_0, Q4_K and IQ4_NL weights into its
+            interleaved 8x8 layouts (``use_extra_bufts``). Off by default: with repacking, Q4_K
+            weights leave the tiled AVX-512 VNNI kernel that is faster on the CPUs measured
+            (see the README's Performance section).
         verify: check, before loading, that every byte of the file matches the integrity seal the
             converter wrote (``qembed.integrity.blake2b``; about 1 s per GB); a mismatch or a file
             without a seal raises :class:`IntegrityError`. Whatever this says, the header is always
@@ -201,6 +210,7 @@ class Embedder:
         flash_attn: bool | None = True,
         kv_cache_type: str = "f16",
         use_mmap: bool = False,
+        repack: bool = False,
         verify: bool = False,
         cache: "str | os.PathLike[str] | EmbeddingCache | None" = None,
         verbose: bool = False,
@@ -213,7 +223,7 @@ class Embedder:
         header = check_gguf(self.path)  # before llama.cpp's own parser sees the file
         if verify:
             require_integrity(self.path)
-        self.info = read_gguf_info(self.path, validated=True)  # check_gguf refused non-Qwen3 files
+        self.info = read_gguf_info(self.path, header=header)  # the header check_gguf already walked
         self.facts = _facts(self.info)
         for problem in self.info.problems():
             log.warning("%s: %s — corrected at run time (pooling LAST forced, <|endoftext|> appended)",
@@ -256,7 +266,7 @@ class Embedder:
         self._runtime = LlamaRuntime(
             self.path, n_ctx=self._n_ctx, n_ubatch=self._n_ubatch, n_seq_max=max_batch_sequences,
             n_threads=n_threads or usable_cpus(), n_gpu_layers=self.n_gpu_layers, flash_attn=flash_attn,
-            kv_type=KV_CACHE_TYPES[kv_cache_type], use_mmap=use_mmap, initial_ctx=self._n_ubatch,
+            kv_type=KV_CACHE_TYPES[kv_cache_type], use_mmap=use_mmap, repack=bool(repack), initial_ctx=self._n_ubatch,
             verbose=verbose)
         eos = self._runtime.special_token_id(POOLING_TOKEN)
         if eos is None:
@@ -342,9 +352,11 @@ class Embedder:
 
     # -- tokens -----------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids as the official tokenizer gives them: NFC first (its tokenizer.json normaliser;
+        llama.cpp's qwen2 pre-tokenizer does not normalise), then BPE, then the pooling token."""
         with self._lock:
             self._require_open()
-            return [self._runtime.tokenize(t) + [self._eos] for t in texts]
+            return [self._runtime.tokenize(_nfc(t)) + [self._eos] for t in texts]
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         """Tokens each input takes, the pooling token included (before any truncation)."""

@@ -1,7 +1,8 @@
 """What a GGUF file holds, and what it lacks for correct Qwen3 embeddings.
 
-Reads metadata and tensor infos with gguf-py's reader (memory-mapped; tensor data is not
-touched). :meth:`GGUFInfo.problems` lists what older community GGUFs got wrong — a missing
+Built on the project's own header parser (:func:`qembed_gguf.gguf_check.read_header`): one walk
+of the header, no Python object per token or merge, so a 151,669-token vocabulary costs tens of
+milliseconds, not seconds (gguf-py's ``GGUFReader`` builds a field object for every string). :meth:`GGUFInfo.problems` lists what older community GGUFs got wrong — a missing
 pooling type (llama.cpp then returns per-token vectors), a missing ``add_eos_token`` or an EOS
 that is not ``<|endoftext|>`` (the pooled token is then the wrong one), a non-qwen2 pre-tokenizer.
 """
@@ -10,13 +11,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
+import mmap
+import struct
 from pathlib import Path
 from typing import Any
 
 import gguf
+import numpy as np
 
 from . import keys
 from .errors import ModelLoadError
+from .gguf_check import ArrayValue, GGUFHeader, read_header
 
 __all__ = ["GGUFInfo", "TensorInfo", "read_gguf_info"]
 
@@ -148,40 +154,61 @@ class StringArray:
         return f"<{self.length} strings>"
 
 
-def _value(field: gguf.ReaderField) -> Any:
-    if field.types and field.types[0] == gguf.GGUFValueType.ARRAY:
-        if field.types[-1] == gguf.GGUFValueType.STRING:
-            return StringArray(len(field.data))
-        return list(field.contents())
-    return field.contents()
+# numeric array elements, by GGUF value type
+_NUMERIC = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8",
+            12: "<f8"}
+_STRING_TYPE = 8
 
 
-def read_gguf_info(path: str | Path, *, validated: bool = False) -> GGUFInfo:
+def _decode(value: Any, buf) -> Any:
+    """A header value as Python: scalars as they are, numeric arrays as lists, string arrays as
+    :class:`StringArray` (their length only)."""
+    if not isinstance(value, ArrayValue):
+        return value
+    if value.type == _STRING_TYPE:
+        return StringArray(value.count)
+    return np.frombuffer(buf, dtype=_NUMERIC[value.type], count=value.count, offset=value.offset).tolist()
+
+
+def _string_at(buf, array: ArrayValue, index: int) -> str:
+    """Element ``index`` of a string array the header parser already bounded (a walk over lengths)."""
+    pos, unpack = array.offset, struct.Struct("<Q").unpack_from
+    for _ in range(index):
+        pos += 8 + unpack(buf, pos)[0]
+    (n,) = unpack(buf, pos)
+    return bytes(buf[pos + 8:pos + 8 + n]).decode("utf-8", errors="replace")
+
+
+def read_gguf_info(path: str | Path, *, header: GGUFHeader | None = None) -> GGUFInfo:
     """Read a GGUF file's metadata and tensor table (not its tensor data).
 
-    The header is validated structurally first (:func:`qembed_gguf.gguf_check.read_header`), so a
-    malformed file is a :class:`CorruptModelError` naming the field and byte offset, and gguf-py's
-    reader only ever sees well-formed headers. ``validated=True``: the caller already ran
-    :func:`~qembed_gguf.gguf_check.check_gguf` on it, so the header is not walked twice.
+    The header is parsed and validated structurally (:func:`qembed_gguf.gguf_check.read_header`),
+    so a malformed file is a :class:`CorruptModelError` naming the field and byte offset.
+    ``header``: the caller's already-parsed header of this file (e.g. from
+    :func:`~qembed_gguf.gguf_check.check_gguf`), so it is not walked twice.
     """
-    from .gguf_check import read_header
-
     path = Path(path)
-    if not validated:
-        read_header(path)
+    h = header if header is not None else read_header(path)
     try:
-        reader = gguf.GGUFReader(path)
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: no such file") from None
-    except (ValueError, OSError, IndexError, KeyError, UnicodeDecodeError, OverflowError) as exc:
-        raise ModelLoadError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
-    metadata = {name: _value(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot open ({exc.strerror})") from None
+    with fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if len(mm) != h.file_size:
+            raise ModelLoadError(f"{path}: changed size while being read ({h.file_size} -> {len(mm)} bytes)")
+        metadata = {k: _decode(v, mm) for k, v in h.metadata.items()}
+        eos_id, tokens = h.get("tokenizer.ggml.eos_token_id"), h.get("tokenizer.ggml.tokens")
+        eos = None
+        if (isinstance(eos_id, int) and not isinstance(eos_id, bool) and isinstance(tokens, ArrayValue)
+                and tokens.type == _STRING_TYPE and 0 <= eos_id < tokens.count):
+            eos = _string_at(mm, tokens, eos_id)
     tensors = tuple(
-        TensorInfo(t.name, t.tensor_type.name, tuple(int(d) for d in t.shape), int(t.n_elements), int(t.n_bytes))
-        for t in reader.tensors
-    )
-    eos_id, tokens = metadata.get("tokenizer.ggml.eos_token_id"), reader.fields.get("tokenizer.ggml.tokens")
-    eos = tokens.contents(eos_id) if isinstance(eos_id, int) and tokens is not None and 0 <= eos_id < len(tokens.data) else None
-    size = path.stat().st_size
-    del reader
-    return GGUFInfo(path=path, file_size=size, metadata=metadata, tensors=tensors, eos_token=eos)
+        TensorInfo(t.name, _type_name(t.ggml_type), t.shape, math.prod(t.shape), t.nbytes) for t in h.tensors)
+    return GGUFInfo(path=path, file_size=h.file_size, metadata=metadata, tensors=tensors, eos_token=eos)
+
+
+def _type_name(ggml_type: int) -> str:
+    try:
+        return gguf.GGMLQuantizationType(ggml_type).name
+    except ValueError:  # read_header refuses unknown types; kept total for safety
+        return f"type{ggml_type}"

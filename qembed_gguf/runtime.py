@@ -1,10 +1,18 @@
-"""One llama.cpp model and embedding context, driven through llama-cpp-python's C bindings.
+"""One llama.cpp model and context, driven through llama-cpp-python's C bindings.
 
 The high-level ``llama_cpp.Llama`` object is deliberately not used: it compiles the file's chat
 template with Jinja (a code-execution surface an embedding model does not need), prints to stderr
 by default, and its ``embed`` truncates inputs at ``n_batch`` without saying so. Here:
 
-* pooling is forced to LAST in the context parameters, whatever the file says;
+* the pooled vector is taken without the language-model head. llama.cpp's qwen3 graph multiplies
+  every output row by the 151,669 x hidden output matrix after ``result_norm``, and an
+  *embedding* context makes every token an output, so a 0.6B model spent a third more FLOPs
+  (and a 311 MB float logits tensor per 512-token micro-batch) on logits nobody reads. Instead the
+  context is a plain one whose only outputs are each sequence's last token (``<|endoftext|>``):
+  llama.cpp prunes the last block's rows to those tokens, which is exactly pooling LAST. The
+  scheduler's eval callback (:class:`_ResultNormTap`) copies ``result_norm`` (the final RMSNorm,
+  what LAST pooling returns) when it is computed and returns false, which ends the graph before
+  the head. ``n_outputs_max`` bounds the reserved logits rows to the sequences of one batch;
 * a decode batch is a set of numpy buffers wrapped once in a ``llama_batch`` struct, so filling a
   batch of thousands of tokens is a few vectorised copies;
 * llama.cpp's log is silent unless ``verbose``.
@@ -15,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +34,93 @@ from .errors import BackendError, ModelLoadError
 __all__ = ["LlamaRuntime", "set_llama_verbosity"]
 
 log = logging.getLogger(__name__)
+
+POOLED_TENSOR = b"result_norm"  # the final RMSNorm's output in llama.cpp's qwen3 graph (res->t_embd)
+HEAD_TENSOR = b"result_output"  # the lm_head's output: never computed here
+
+
+def _ggml_base(lib_dir: Path) -> ctypes.CDLL:
+    """libggml-base from llama-cpp-python's library folder, with the tensor functions the tap calls."""
+    names = {"win32": ["ggml-base.dll"], "darwin": ["libggml-base.dylib"]}.get(
+        sys.platform, ["libggml-base.so", "libggml-base.so.0"])
+    for name in names:
+        if (lib_dir / name).exists():
+            lib = ctypes.CDLL(str(lib_dir / name))
+            break
+    else:
+        raise BackendError(f"no libggml-base in {lib_dir}: this llama-cpp-python build is not one qembed-gguf "
+                           f"knows (0.3.36 is tested)")
+    p = ctypes.c_void_p
+    for fn, res, args in (("ggml_get_name", ctypes.c_char_p, [p]), ("ggml_nelements", ctypes.c_int64, [p]),
+                          ("ggml_nrows", ctypes.c_int64, [p]), ("ggml_nbytes", ctypes.c_size_t, [p]),
+                          ("ggml_is_contiguous", ctypes.c_bool, [p]),
+                          ("ggml_backend_tensor_get", None, [p, p, ctypes.c_size_t, ctypes.c_size_t])):
+        f = getattr(lib, fn)
+        f.restype, f.argtypes = res, args
+    return lib
+
+
+class _ResultNormTap:
+    """The scheduler's eval callback: copy ``result_norm`` out, then stop the graph before the head.
+
+    llama.cpp asks the callback about every node (``ask=True``) and computes the nodes up to the
+    first one it wants; then it calls again with ``ask=False`` and the computed tensor, and a false
+    answer ends that graph split there. The only node wanted is ``result_norm``: it holds one row
+    per output token of the micro-batch (here: each sequence's last token), in batch order, so the
+    rows of a decode call's micro-batches, appended in call order, are its sequences' pooled
+    vectors. ``ggml_backend_tensor_get`` reads host and device (GPU-offloaded) tensors alike.
+
+    Counters (for tests and benchmarks): ``nodes_asked``, every node llama.cpp asked about;
+    ``head_asked``, how often it asked about the lm_head's node, which it would then have
+    computed: it must stay 0. A graph without a ``result_norm`` node (a llama.cpp that renamed it)
+    gives no rows, and :meth:`LlamaRuntime.embed_batch` raises instead of returning stale ones.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, n_embd: int, capacity: int):
+        import llama_cpp
+
+        self._lib = lib
+        self._n_embd = n_embd
+        self.rows = np.zeros((capacity, n_embd), dtype=np.float32)
+        self.n_rows = 0
+        self.head_asked = 0
+        self.nodes_asked = 0
+        self.error: str | None = None
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_node)
+
+    def reset(self) -> None:
+        self.n_rows, self.error = 0, None
+
+    def _on_node(self, tensor, ask, _user_data) -> bool:
+        try:
+            name = self._lib.ggml_get_name(tensor)
+            if ask:
+                self.nodes_asked += 1
+                if name == HEAD_TENSOR:
+                    self.head_asked += 1
+                return name == POOLED_TENSOR
+            if name != POOLED_TENSOR:  # pragma: no cover - llama.cpp only hands back what was asked for
+                return True
+            return self._copy(tensor)
+        except BaseException as exc:  # noqa: BLE001 - an exception must not unwind through C
+            self.error = f"{type(exc).__name__}: {exc}"
+            return False
+
+    def _copy(self, tensor) -> bool:
+        lib = self._lib
+        rows, n = lib.ggml_nrows(tensor), lib.ggml_nelements(tensor)
+        if rows and (n != rows * self._n_embd or lib.ggml_nbytes(tensor) != 4 * n or not lib.ggml_is_contiguous(tensor)):
+            self.error = (f"result_norm is {n} values in {rows} rows ({lib.ggml_nbytes(tensor)} bytes), not "
+                          f"contiguous float32 rows of {self._n_embd}")
+            return False
+        if self.n_rows + rows > len(self.rows):
+            self.error = f"{self.n_rows + rows} pooled rows for a batch of {len(self.rows)} sequences"
+            return False
+        if rows:
+            dest = self.rows[self.n_rows:self.n_rows + rows]
+            lib.ggml_backend_tensor_get(tensor, dest.ctypes.data, 0, 4 * n)
+            self.n_rows += rows
+        return False  # stop this graph here: the lm_head after result_norm is not computed
 
 
 def _set_fields(struct: ctypes.Structure, **values) -> None:
@@ -43,17 +139,19 @@ def set_llama_verbosity(verbose: bool) -> None:
 
 
 class LlamaRuntime:
-    """A loaded GGUF model with an embedding context (pooling LAST, unified KV cache).
+    """A loaded GGUF model with a context that pools LAST without the language-model head.
 
-    ``n_ctx`` bounds the total tokens of one decode batch (all its sequences share the KV cache);
-    the context starts at ``initial_ctx`` tokens and grows on demand (see :meth:`reserve`).
+    ``n_ctx`` bounds the total tokens of one decode batch (all its sequences share the unified KV
+    cache); the context starts at ``initial_ctx`` tokens and grows on demand (see :meth:`reserve`).
     ``n_seq_max`` bounds the sequences per batch. ``repack`` lets llama.cpp's CPU backend repack
-    quantized weights into its faster interleaved layouts ("extra buffer types").
+    Q4_0/Q4_K/IQ4_NL weights into its interleaved 8x8 layouts ("extra buffer types"); on CPUs with
+    AVX-512 VNNI that keeps K-quants off llama.cpp's faster tiled kernel, so it is off by default
+    (measured: benchmarks/results).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, n_ctx: int, n_ubatch: int, n_seq_max: int,
                  n_threads: int, n_gpu_layers: int = 0, flash_attn: bool | None = None, use_mmap: bool = True,
-                 kv_type: int | None = None, repack: bool = True, initial_ctx: int | None = None,
+                 kv_type: int | None = None, repack: bool = False, initial_ctx: int | None = None,
                  verbose: bool = False):
         import llama_cpp
 
@@ -69,13 +167,21 @@ class LlamaRuntime:
             raise ModelLoadError(f"llama.cpp could not load {self.path} (run with verbose=True to see why)")
         self.ctx = None
         try:
+            self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+            self.n_embd = llama_cpp.llama_model_n_embd(self.model)
+            self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+            self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
             self.n_seq_max = max(1, min(n_seq_max, llama_cpp.llama_max_parallel_sequences()))
+            self._tap = _ResultNormTap(_ggml_base(Path(llama_cpp.llama_cpp._lib._name).resolve().parent),
+                                       self.n_embd, self.n_seq_max)
             cparams = llama_cpp.llama_context_default_params()
             flash = {None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                      False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
+            # a plain (non-embedding) context: only the tokens flagged as outputs (each sequence's
+            # last) reach the last block's output rows, and the tap stops the graph before the head
             _set_fields(cparams, n_seq_max=self.n_seq_max, n_threads=n_threads, n_threads_batch=n_threads,
-                        embeddings=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST, kv_unified=True,
-                        flash_attn_type=flash)
+                        embeddings=False, kv_unified=True, flash_attn_type=flash, n_outputs_max=self.n_seq_max,
+                        cb_eval=self._tap.callback, cb_eval_user_data=None)
             if kv_type is not None:
                 _set_fields(cparams, type_k=kv_type, type_v=kv_type)
             self._cparams = cparams
@@ -83,10 +189,6 @@ class LlamaRuntime:
             self.max_ctx = n_ctx
             self.n_ctx = 0
             self._make_context(min(n_ctx, initial_ctx or n_ctx))
-            self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-            self.n_embd = llama_cpp.llama_model_n_embd(self.model)
-            self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-            self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
             self._alloc_batch(n_ctx)
         except BaseException:
             self.close()
@@ -199,21 +301,21 @@ class LlamaRuntime:
             self._pos[offset:offset + n] = np.arange(n, dtype=np.int32)
             self._seq[offset:offset + n] = s
             offset += n
-        self._logits[:total] = 1
+        self._logits[:total] = 0
+        self._logits[np.cumsum(lengths) - 1] = 1  # one output per sequence: its last token
         self._batch.n_tokens = total
         lc = self._llama
         lc.llama_memory_clear(lc.llama_get_memory(self.ctx), True)
+        tap = self._tap
+        tap.reset()
         rc = lc.llama_decode(self.ctx, self._batch)
         if rc != 0:
             raise BackendError(f"llama_decode failed with code {rc} on a batch of {len(sequences)} sequences / "
                                f"{total} tokens")
-        out = np.empty((len(sequences), self.n_embd), dtype=np.float32)
-        for s in range(len(sequences)):
-            ptr = lc.llama_get_embeddings_seq(self.ctx, s)
-            if not ptr:
-                raise BackendError(f"llama.cpp returned no pooled embedding for sequence {s}")
-            out[s] = np.ctypeslib.as_array(ptr, shape=(self.n_embd,))
-        return out
+        if tap.error is not None or tap.n_rows != len(sequences):
+            raise BackendError(f"reading the pooled hidden states failed on a batch of {len(sequences)} sequences "
+                               f"/ {total} tokens: {tap.error or f'{tap.n_rows} rows came back'}")
+        return tap.rows[:len(sequences)].copy()
 
     def close(self) -> None:
         lc = self._llama

@@ -190,8 +190,8 @@ def _model_for_workers(model: Any) -> tuple[str, tuple[int, int] | None]:
         from ..fileinfo import read_gguf_info
         from ..gguf_check import check_gguf
 
-        check_gguf(path)  # header only: a corrupt file fails here, not in every worker
-        facts = _facts(read_gguf_info(path, validated=True))
+        header = check_gguf(path)  # header only: a corrupt file fails here, not in every worker
+        facts = _facts(read_gguf_info(path, header=header))
         return str(path), (facts.mrl_min_dim, facts.dim)
     if path.is_dir():  # a checkpoint folder: converted by each worker, so it must be shared too
         return str(path.absolute()), None

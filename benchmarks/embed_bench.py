@@ -2,15 +2,24 @@
 """Throughput, latency and memory: qembed-gguf's Embedder side by side with llama-cpp-python and
 sentence-transformers, on the same GGUF files / checkpoint, in one run.
 
-    python benchmarks/embed_bench.py                      # the full run (tens of minutes on 2 cores)
+    python benchmarks/embed_bench.py                      # the full run (an hour or more on 2 cores)
+    python benchmarks/embed_bench.py --workloads W1,types,load,W4 --baseline DIR   # what issue 15 measured
     python benchmarks/embed_bench.py --smoke --out /tmp/b # the bundled tiny model, seconds (run by the tests)
 
 Writes ``<out>/<date>-<machine>.{md,json,png}`` (default out: benchmarks/results). Needs the
 ``bench`` extra (torch, sentence-transformers, matplotlib).
 
-Workloads (deterministic; random weights with real Qwen3-Embedding layer shapes, the bundled
-model's byte-level BPE tokenizer; token counts include the pooling token):
-  W1 corpus   0.6B shapes, texts of log-uniform length in [8, 512] tokens (256 by default)
+Workloads (deterministic; random weights with real Qwen3-Embedding layer shapes AND the real
+151,669-token vocabulary and tokenizer, rebuilt offline by ``qembed_gguf.realvocab``; token counts
+include the pooling token):
+  W1 corpus   0.6B shapes, texts of log-uniform length in [8, 512] tokens (64 by default): the
+              Embedder (Q4_K_M, Q4_0, Q8_0), optionally the last commit before a change
+              (``--baseline DIR``), llama-cpp-python's ``Llama.embed`` with its defaults,
+              sentence-transformers (bf16 where the CPU has AVX512_BF16, else fp32) and ONNX
+              Runtime int8 (``benchmarks/onnx_contender.py``) on the same checkpoint
+  types       a W1 subset through every weight type (Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_0, IQ4_NL, IQ4_XS, BF16),
+              llama.cpp's weight repacking on and off; plus Q4_K_M at a 4,096-token vocabulary
+  load        seconds to construct ``Embedder(file)`` and to run ``qembed-gguf info`` on the Q4_K_M file
   W2 long     0.6B shapes, texts of 2,000-8,000 tokens (16 by default)
   W3 latency  0.6B shapes, single ~16-token queries; p50/p95 per call vs one bare llama_decode
   W4 4B       4B shapes, Q4_K_M, a W1 subset with the Embedder's default 8,192-token context:
@@ -20,12 +29,14 @@ model's byte-level BPE tokenizer; token counts include the pooling token):
 Every measurement runs in its own fresh process (so peak RSS is that contender's alone), rounds
 are interleaved (contender A, B, C, A, B, C, ...) with the same thread count, and the median of
 the rounds is reported. Efficiency = achieved matmul FLOP/s (2 x non-embedding parameters per
-token; attention not counted) / this machine's int8 GEMM throughput measured in the same run.
+token; attention not counted) / this machine's int8 GEMM rate measured in the same run (fbgemm's
+quantized linear at a layer's shape).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -46,6 +57,9 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("embed_bench")
 
 QUANTS = ["q4_k_m", "q4_0", "q8_0", "bf16"]
+# the type sweep: every weight type llama.cpp's CPU backend has a distinct kernel path for
+SWEEP_QUANTS = ["q4_k_m", "q5_k_m", "q6_k", "q8_0", "q4_0", "iq4_nl", "iq4_xs", "bf16"]
+LLAMA_ONLY_TYPES = {"iq4_nl": "LLAMA_FTYPE_MOSTLY_IQ4_NL", "iq4_xs": "LLAMA_FTYPE_MOSTLY_IQ4_XS"}  # written by llama.cpp's quantizer from BF16
 SCALING_LENGTHS = [128, 256, 512, 1024, 2048, 4096, 8192]
 # a multilingual word pool: English, French, German, Spanish, Russian, Chinese, Japanese, Arabic, code
 WORDS = (
@@ -60,7 +74,7 @@ WORDS = (
 
 # -- workloads ------------------------------------------------------------------------------------------
 class TokenCounter:
-    """Token counts as the model sees them (the bundled tokenizer.json appends <|endoftext|>)."""
+    """Token counts as the model sees them (the tokenizer.json's post-processor appends <|endoftext|>)."""
 
     def __init__(self, folder: Path):
         from tokenizers import Tokenizer
@@ -126,22 +140,39 @@ def machine_tag() -> str:
 
 
 def int8_gemm_ops(threads: int) -> dict:
-    """int8 GEMM throughput (ops/s) of this machine: torch._int_mm on 512x1024 @ 1024x3072."""
+    """The int8 GEMM rate of a well-built kernel at a layer's shape: fbgemm's quantized linear
+    (``torch.ops.quantized.linear``, u8 x s8 -> VNNI on AVX-512 machines), 512 x 1024 x 3072.
+    ``torch._int_mm`` is recorded too: it is not a VNNI path on these CPUs, so it is no limit."""
+    import warnings
+
     import torch
 
     torch.set_num_threads(threads)
     m, k, n = 512, 1024, 3072
+
+    def best_of(fn) -> float:
+        for _ in range(3):
+            fn()
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(5):
+                fn()
+            best = min(best, (time.perf_counter() - t) / 5)
+        return 2 * m * k * n / best
+
+    torch.backends.quantized.engine = "fbgemm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates the quantized tensor constructors
+        qx = torch.quantize_per_tensor(torch.randn(m, k), 0.05, 64, torch.quint8)
+        qw = torch.quantize_per_tensor(torch.randn(n, k), 0.05, 0, torch.qint8)
+        packed = torch.ops.quantized.linear_prepack(qw, None)
+        fbgemm = best_of(lambda: torch.ops.quantized.linear(qx, packed, 0.1, 64))
     a = torch.randint(-127, 127, (m, k), dtype=torch.int8)
     b = torch.randint(-127, 127, (k, n), dtype=torch.int8)
-    for _ in range(3):
-        torch._int_mm(a, b)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(5):
-            torch._int_mm(a, b)
-        best = min(best, (time.perf_counter() - t) / 5)
-    return {"method": f"torch._int_mm {m}x{k}x{n}, {threads} threads, best of 5", "ops_per_s": 2 * m * k * n / best}
+    int_mm = best_of(lambda: torch._int_mm(a, b))
+    return {"method": f"fbgemm torch.ops.quantized.linear {m}x{k}x{n}, {threads} threads, best of 5",
+            "ops_per_s": fbgemm, "int_mm_ops_per_s": int_mm}
 
 
 def matmul_flops_per_token(shape) -> float:
@@ -152,9 +183,12 @@ def matmul_flops_per_token(shape) -> float:
 
 
 # -- models -----------------------------------------------------------------------------------------------
-def prepare_models(work: Path, name: str, shape, quants: list[str]) -> tuple[Path, dict[str, Path]]:
-    """A random checkpoint with ``shape`` (written once) and its GGUF conversions (made once)."""
+def prepare_models(work: Path, name: str, shape, quants: list[str], tokenizer_from: Path) -> tuple[Path, dict[str, Path]]:
+    """A random checkpoint with ``shape`` and ``tokenizer_from``'s tokenizer (written once) and its
+    GGUF conversions (made once). Types the converter does not write (IQ4_NL) come from llama.cpp's
+    quantizer run on the BF16 file."""
     from qembed_gguf import convert, registry
+    from qembed_gguf.convert.quantize import OutType, llama_quantize
     from qembed_gguf.synthetic import write_checkpoint
 
     tiny = registry.bundled_dir(registry.get_spec("tiny"))
@@ -163,19 +197,33 @@ def prepare_models(work: Path, name: str, shape, quants: list[str]) -> tuple[Pat
         folder = tiny
     elif not (folder / "config.json").exists() or not (folder / "model.safetensors").exists():
         log.info("writing the %s checkpoint into %s", name, folder)
-        write_checkpoint(folder, shape, tokenizer_from=tiny, seed=0, name=f"bench-{name}")
+        write_checkpoint(folder, shape, tokenizer_from=tokenizer_from, seed=0, name=f"bench-{name}")
     files = {}
     for q in quants:
         path = work / f"{name}-{q}.gguf"
         if not path.exists():
             log.info("converting %s to %s", name, q)
-            convert(folder, outtype=q, outfile=path, quiet=True)
+            if q in LLAMA_ONLY_TYPES:
+                bf16 = prepare_models(work, name, shape, ["bf16"], tokenizer_from)[1]["bf16"]
+                partial = path.with_name(path.name + ".partial")  # renamed when complete
+                llama_quantize(bf16, partial, OutType(q, 0, "", llama_ftype=LLAMA_ONLY_TYPES[q]))
+                partial.rename(path)
+            else:
+                convert(folder, outtype=q, outfile=path, quiet=True)
         files[q] = path
     return folder, files
 
 
 # -- the worker: one contender, one workload, one fresh process ---------------------------------------------
 def _peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM, the high-water mark of its own address space. (ru_maxrss is
+    not: Linux carries it across fork + exec, so a worker would report at least its parent's RSS.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -205,6 +253,17 @@ def worker(job: dict) -> dict:
         model = SentenceTransformer(job["model"], device="cpu", **kwargs)
         job["loaded_dtype"] = str(model[0].auto_model.dtype).removeprefix("torch.")
         embed = lambda xs: model.encode(xs, batch_size=job["batch_size"], normalize_embeddings=True)  # noqa: E731
+    elif kind == "onnx-export":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from onnx_contender import export_int8
+
+        return {"path": str(export_int8(job["model"], job["out"]))}
+    elif kind == "onnx":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from onnx_contender import OnnxEmbedder
+
+        model = OnnxEmbedder(job["model"], job["tokenizer"], threads=threads, batch_size=job["batch_size"])
+        embed = model.embed
     elif kind == "decode":
         return _bare_decode(job)
     else:
@@ -232,6 +291,10 @@ def worker(job: dict) -> dict:
         result["finite"] = bool(np.isfinite(out).all()) and len(out) == len(texts)
     result["peak_rss_mb"] = _peak_rss_mb()
     result["loaded_dtype"] = job.get("loaded_dtype")
+    tap = getattr(getattr(model, "_runtime", None), "_tap", None)
+    if tap is not None:  # the eval callback's work: nodes asked about, and the lm_head never among them
+        result["callback"] = {"nodes_asked": tap.nodes_asked, "head_asked": tap.head_asked,
+                              "decode_calls": model.stats.decode_calls}
     return result
 
 
@@ -258,9 +321,12 @@ def run_worker(job: dict, timeout: float) -> dict:
     """Run one measurement in a fresh interpreter; its result, or {"error": ...}."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(job, fh)
+    env = dict(os.environ)
+    if job.get("pythonpath"):  # e.g. the last commit before a change, installed with pip --target
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [job["pythonpath"], env.get("PYTHONPATH")]))
     try:
         proc = subprocess.run([sys.executable, __file__, "_worker", fh.name], capture_output=True, text=True,
-                              timeout=timeout, cwd=tempfile.gettempdir())
+                              timeout=timeout, cwd=tempfile.gettempdir(), env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     finally:
@@ -322,11 +388,12 @@ def summarize_throughput(rows: list[dict], tokens: int, n_texts: int, flops: flo
         if not ok:
             continue
         sec = statistics.median(r["seconds"] for r in ok)
-        row.update(seconds=sec, tokens_per_s=tokens / sec, docs_per_s=n_texts / sec,
-                   tokens_per_s_runs=[round(tokens / r["seconds"], 1) for r in ok],
+        n_tokens = row.get("tokens", tokens)  # a model with another tokenizer counts its own tokens
+        row.update(seconds=sec, tokens_per_s=n_tokens / sec, docs_per_s=n_texts / sec,
+                   tokens_per_s_runs=[round(n_tokens / r["seconds"], 1) for r in ok],
                    peak_rss_mb=max(r["peak_rss_mb"] for r in ok),
                    steal_pct=max((r.get("steal_pct") or 0.0 for r in ok), default=None),
-                   efficiency=tokens / sec * flops / int8_ops,
+                   efficiency=n_tokens / sec * flops / int8_ops,
                    loaded_dtype=ok[0].get("loaded_dtype"))
 
 
@@ -356,14 +423,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench", help="generated checkpoints and GGUFs")
     p.add_argument("--threads", type=int, default=n_cores())
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds for W1 (median reported)")
-    p.add_argument("--w1-texts", type=int, default=256)
+    p.add_argument("--w1-texts", type=int, default=64)
     p.add_argument("--w2-texts", type=int, default=16)
     p.add_argument("--w3-queries", type=int, default=60)
     p.add_argument("--w4-texts", type=int, default=32, help="W1 texts (every k-th) for the 4B run")
-    p.add_argument("--workloads", default="W1,W2,W3,W4,scaling")
+    p.add_argument("--sweep-texts", type=int, default=48, help="W1 texts (every k-th) for the type sweep")
+    p.add_argument("--workloads", default="W1,types,load,W2,W3,W4,scaling")
     p.add_argument("--st-batch-sizes", default="4,8,16,32", help="tuned on a W1 sample; the fastest is used")
     p.add_argument("--w2-st", action=argparse.BooleanOptionalAction, default=True,
                    help="sentence-transformers in W2 (slow where the CPU lacks bf16 instructions)")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="a qembed-gguf installed with `pip install --no-deps --target DIR <commit>`: measured "
+                        "as 'qembed-gguf before' next to this one (W1 and load)")
+    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
+                   help="ONNX Runtime int8 of the same checkpoint in W1 (exported once into --work)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per measurement process")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -373,22 +446,29 @@ def main(argv: list[str] | None = None) -> int:
     from qembed_gguf.synthetic import SHAPES, Qwen3Shape
 
     workloads = set(args.workloads.split(","))
-    tiny = registry.bundled_dir(registry.get_spec("tiny"))
-    count = TokenCounter(tiny)
-    if args.smoke:
-        base_name, base_shape = "tiny", SHAPES["tiny"]
-        big_name, big_shape = "tiny", SHAPES["tiny"]
-        n1, n2, n3, n4, rounds = 12, 2, 8, 6, 1
-        w2_range, scaling = (300, 600), [64, 128, 256]
-        st_batches = [8]
-    else:
-        base_name, base_shape = "0.6b", Qwen3Shape.from_spec(registry.get_spec("qwen3-embedding-0.6b"), vocab=4096)
-        big_name, big_shape = "4b", Qwen3Shape.from_spec(registry.get_spec("qwen3-embedding-4b"), vocab=4096)
-        n1, n2, n3, n4, rounds = args.w1_texts, args.w2_texts, args.w3_queries, args.w4_texts, args.rounds
-        w2_range, scaling = (2000, 8000), SCALING_LENGTHS
-        st_batches = [int(x) for x in args.st_batch_sizes.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    tiny = registry.bundled_dir(registry.get_spec("tiny"))
+    if args.smoke:  # the bundled model's small vocabulary: a check that the harness runs, no figures
+        tokenizer = tiny
+        base_name, base_shape = "tiny", SHAPES["tiny"]
+        big_name, big_shape = "tiny", SHAPES["tiny"]
+        n1, n2, n3, n4, n_sweep, rounds = 12, 2, 8, 6, 6, 1
+        w2_range, scaling = (300, 600), [64, 128, 256]
+        st_batches, sweep_quants = [8], ["q4_k_m", "q8_0"]
+    else:  # real layer shapes AND the real 151,669-token vocabulary and tokenizer
+        from qembed_gguf.realvocab import QWEN3_VOCAB_SIZE, write_qwen3_tokenizer
+
+        tokenizer = write_qwen3_tokenizer(args.work / "qwen3-tokenizer")
+        base_name = "0.6b-rv"
+        base_shape = Qwen3Shape.from_spec(registry.get_spec("qwen3-embedding-0.6b"), vocab=QWEN3_VOCAB_SIZE)
+        big_name = "4b-rv"
+        big_shape = Qwen3Shape.from_spec(registry.get_spec("qwen3-embedding-4b"), vocab=QWEN3_VOCAB_SIZE)
+        n1, n2, n3, n4, n_sweep, rounds = (args.w1_texts, args.w2_texts, args.w3_queries, args.w4_texts,
+                                           args.sweep_texts, args.rounds)
+        w2_range, scaling = (2000, 8000), SCALING_LENGTHS
+        st_batches, sweep_quants = [int(x) for x in args.st_batch_sizes.split(",")], SWEEP_QUANTS
+    count = TokenCounter(tokenizer)
     threads = args.threads
 
     started = time.time()
@@ -397,31 +477,74 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"tag": machine_tag(), "cpu": cpu_model(), "cores": n_cores(), "flags": cpu_flags(),
                     "python": platform.python_version()},
         "threads": threads, "versions": _versions(), "workloads": {},
+        "model": {"shape": dataclasses.asdict(base_shape), "tokenizer": str(tokenizer)},
     }
     gemm = int8_gemm_ops(threads)
     report["int8_gemm"] = gemm
-    log.info("int8 GEMM: %.0f GOP/s", gemm["ops_per_s"] / 1e9)
+    log.info("int8 GEMM: %.0f GOP/s (fbgemm), torch._int_mm %.0f GOP/s", gemm["ops_per_s"] / 1e9,
+             gemm["int_mm_ops_per_s"] / 1e9)
 
-    folder, files = prepare_models(args.work, base_name, base_shape, QUANTS)
+    quants = sorted(set(QUANTS) | (set(sweep_quants) if "types" in workloads else set()), key=SWEEP_QUANTS.index)
+    folder, files = prepare_models(args.work, base_name, base_shape, quants, tokenizer)
     flops = matmul_flops_per_token(base_shape)
     w1 = make_texts(count, n1, 8, 512, seed=1)
     w1_tokens = sum(count(t) for t in w1)
+    baseline = str(args.baseline.resolve()) if args.baseline else None
+    # sentence-transformers' own default for a bf16 checkpoint is bf16; without AVX512_BF16 the
+    # CPU emulates it slowly, and fp32 is the fair contender
+    st_dtype = "default" if "avx512_bf16" in cpu_flags() or args.smoke else "float32"
 
     if "W1" in workloads:
         tune = tune_st_batch(folder, w1[::max(1, len(w1) // 24)], threads, st_batches, args.timeout)
-        cons = contenders_for(files, folder, QUANTS, n_ctx=512, st_batch=tune["chosen"],
-                              st_dtypes=["default", "float32"], lcp_quants=["q4_k_m", "q4_0"])
+        cons = contenders_for(files, folder, ["q4_k_m", "q4_0", "q8_0"], n_ctx=512, st_batch=tune["chosen"],
+                              st_dtypes=[st_dtype], lcp_quants=["q4_k_m"])
+        if baseline:
+            cons.insert(1, {"name": "qembed-gguf before Q4_K_M", "kind": "qembed", "model": str(files["q4_k_m"]),
+                            "quant": "q4_k_m", "pythonpath": baseline})
+        if args.onnx:  # exported once, in a process of its own (quantizing the 0.6B peaks at ~8 GB)
+            res = run_worker({"kind": "onnx-export", "model": str(folder), "out": str(args.work / f"{base_name}-onnx"),
+                              "threads": threads, "mode": "export"}, args.timeout)
+            if "error" in res:
+                raise SystemExit(f"the ONNX export failed: {res['error']}")
+            cons.append({"name": "ONNX Runtime int8", "kind": "onnx", "model": res["path"],
+                         "tokenizer": str(folder / "tokenizer.json"), "batch_size": tune["chosen"]})
         rows = measure(cons, w1, w1_tokens, rounds, threads, "throughput", args.timeout)
         summarize_throughput(rows, w1_tokens, len(w1), flops, gemm["ops_per_s"])
         report["workloads"]["W1"] = {"texts": len(w1), "tokens": w1_tokens, "rounds": rounds,
                                      "lengths": [8, 512], "st_batch_tuning": tune, "rows": rows,
                                      "flops_per_token": flops}
+    if "types" in workloads:
+        sweep = w1[::max(1, len(w1) // n_sweep)][:n_sweep]
+        sweep_tokens = sum(count(t) for t in sweep)
+        cons = [{"name": f"{q.upper()} repack={r}", "kind": "qembed", "model": str(files[q]), "quant": q,
+                 "kwargs": {"repack": r}, "repack": r} for q in sweep_quants for r in (False, True)]
+        if not args.smoke:  # the same layer shapes with a 4,096-token vocabulary: equal FLOPs, no lm_head
+            small = dataclasses.replace(base_shape, vocab=4096)
+            _, small_files = prepare_models(args.work, "0.6b", small, ["q4_k_m"], registry.bundled_dir(
+                registry.get_spec("tiny")))
+        rows = measure(cons, sweep, sweep_tokens, 1, threads, "throughput", args.timeout)
+        if not args.smoke:
+            # texts of the same token counts under its own tokenizer: equal FLOPs but for the vocabulary
+            small_count = TokenCounter(registry.bundled_dir(registry.get_spec("tiny")))
+            small_sweep = make_texts(small_count, n1, 8, 512, seed=1)[::max(1, len(w1) // n_sweep)][:n_sweep]
+            small_tokens = sum(small_count(t) for t in small_sweep)
+            rows += measure([{"name": "Q4_K_M repack=False, vocab 4,096", "kind": "qembed", "quant": "q4_k_m",
+                              "model": str(small_files["q4_k_m"]), "kwargs": {"repack": False}, "repack": False,
+                              "small_vocab": True, "same_lengths": True, "tokens": small_tokens}],
+                            small_sweep, small_tokens, 1, threads, "throughput", args.timeout)
+        summarize_throughput(rows, sweep_tokens, len(sweep), flops, gemm["ops_per_s"])
+        for r in rows:
+            r["file_bytes"] = Path(r["model"]).stat().st_size
+        report["workloads"]["types"] = {"texts": len(sweep), "tokens": sweep_tokens, "rounds": 1, "rows": rows,
+                                        "flops_per_token": flops}
+    if "load" in workloads:
+        report["workloads"]["load"] = load_times(files["q4_k_m"], baseline, threads, args.timeout)
     if "W2" in workloads:
         w2 = make_texts(count, n2, *w2_range, seed=2)
         w2_tokens = sum(count(t) for t in w2)
         longest = max(count(t) for t in w2)
         cons = contenders_for(files, folder, ["q4_k_m", "q4_0"], n_ctx=max(512, longest), st_batch=1,
-                              st_dtypes=["default"] if args.w2_st else [], lcp_quants=["q4_k_m"])
+                              st_dtypes=[st_dtype] if args.w2_st else [], lcp_quants=["q4_k_m"])
         rows = measure(cons, w2, w2_tokens, 1, threads, "throughput", args.timeout)
         summarize_throughput(rows, w2_tokens, len(w2), flops, gemm["ops_per_s"])
         report["workloads"]["W2"] = {"texts": len(w2), "tokens": w2_tokens, "rounds": 1, "lengths": list(w2_range),
@@ -430,16 +553,14 @@ def main(argv: list[str] | None = None) -> int:
         w3 = make_texts(count, n3, 16, 16, seed=3)
         report["workloads"]["W3"] = latency(files, w3, count, threads, args.timeout)
     if "W4" in workloads:
-        bfolder, bfiles = prepare_models(args.work, big_name, big_shape, ["q4_k_m"])
+        bfolder, bfiles = prepare_models(args.work, big_name, big_shape, ["q4_k_m"], tokenizer)
         w4 = w1[::max(1, len(w1) // n4)][:n4]
         w4_tokens = sum(count(t) for t in w4)
         q4 = {"kind": "qembed", "model": str(bfiles["q4_k_m"]), "quant": "q4_k_m"}
         cons = [{**q4, "name": W4_DEFAULT, "kwargs": {}},
                 {**q4, "name": W4_GROWN, "kwargs": {}, "reserve": 8192},
                 {**q4, "name": W4_GROWN_Q8, "kwargs": {"kv_cache_type": "q8_0"}, "reserve": 8192},
-                {**q4, "name": "qembed-gguf Q4_K_M, use_mmap=True", "kwargs": {"use_mmap": True}},
-                {"name": "llama-cpp-python Q4_K_M (n_ctx 8192)", "kind": "llama-cpp-python",
-                 "model": str(bfiles["q4_k_m"]), "n_ctx": 8192, "quant": "q4_k_m"}]
+                {**q4, "name": "qembed-gguf Q4_K_M, use_mmap=True", "kwargs": {"use_mmap": True}}]
         rows = measure(cons, w4, w4_tokens, 1, threads, "throughput", args.timeout)
         summarize_throughput(rows, w4_tokens, len(w4), matmul_flops_per_token(big_shape), gemm["ops_per_s"])
         report["workloads"]["W4"] = {"texts": len(w4), "tokens": w4_tokens, "rounds": 1, "rows": rows,
@@ -459,11 +580,40 @@ def main(argv: list[str] | None = None) -> int:
     if "scaling" in report["workloads"] and "seconds" in report["workloads"]["scaling"]:
         plot(report["workloads"]["scaling"], stem.with_suffix(".png"), report)
     stem.with_suffix(".md").write_text(markdown(report, stem.with_suffix(".png").name))
-    log.info("wrote %s.{md,json,png} in %.0f s", stem, report["elapsed_s"])
+    log.info("wrote %s.{md,json} in %.0f s", stem, report["elapsed_s"])
     errors = [e for w in report["workloads"].values() for r in w.get("rows", []) for e in r.get("errors", [])]
+    errors += [w["error"] for w in report["workloads"].values() if isinstance(w.get("error"), str)]
     for e in errors:
         log.error("a measurement failed: %s", e)
     return 1 if errors or "error" in report["workloads"].get("scaling", {}) else 0
+
+
+def load_times(path: Path, baseline: str | None, threads: int, timeout: float, rounds: int = 3) -> dict:
+    """Seconds to construct an Embedder on ``path`` and to run ``qembed-gguf info`` on it (best of
+    ``rounds`` fresh processes; the file is in the page cache after the first)."""
+    out: dict = {"file": path.name, "rounds": rounds, "rows": []}
+    versions = [("qembed-gguf", None)] + ([("qembed-gguf before", baseline)] if baseline else [])
+    for name, pythonpath in versions:
+        env = dict(os.environ)
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
+        row: dict = {"name": name}
+        load = [run_worker({"kind": "qembed", "model": str(path), "texts": ["x"], "threads": threads,
+                            "mode": "throughput", "pythonpath": pythonpath}, timeout) for _ in range(rounds)]
+        ok = [r["load_s"] for r in load if "load_s" in r]
+        row["embedder_load_s"] = min(ok) if ok else None
+        info = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "qembed_gguf", "info", str(path)], capture_output=True,
+                                  text=True, timeout=timeout, cwd=tempfile.gettempdir(), env=env)
+            info.append(time.perf_counter() - t)
+            if proc.returncode not in (0, 3):
+                row["error"] = proc.stderr[-400:]
+        row["info_s"] = min(info)
+        log.info("load %s: Embedder %.2f s, info %.2f s", name, row["embedder_load_s"] or -1, row["info_s"])
+        out["rows"].append(row)
+    return out
 
 
 def latency(files: dict[str, Path], queries: list[str], count: TokenCounter, threads: int, timeout: float) -> dict:
@@ -511,26 +661,33 @@ def _row(workload: dict, prefix: str) -> dict | None:
 def targets(report: dict) -> list[dict]:
     """The issue's targets, evaluated on this run's numbers."""
     out = []
+
+    def add(what: str, value, goal: str, met: bool) -> None:
+        out.append({"target": what, "value": value, "goal": goal, "met": bool(met) and value is not None})
+
     w1 = report["workloads"].get("W1")
     if w1:
-        ours = [r for r in w1["rows"] if r["kind"] == "qembed" and "tokens_per_s" in r]
-        best = max(ours, key=lambda r: r["tokens_per_s"], default=None)
-        lcp = _row(w1, "llama-cpp-python " + (best["quant"].upper() if best else ""))
-        lcp = lcp if lcp and best and lcp.get("quant") == best["quant"] else _row(w1, "llama-cpp-python Q4_K_M")
-        st = _row(w1, "sentence-transformers default")
-        q4km = _row(w1, "qembed-gguf Q4_K_M")
-        for what, value, goal in (
-            (f"W1: Embedder best ({best and best['name']}) / llama-cpp-python defaults, same file", ratio(best, lcp), 1.5),
-            (f"W1: Embedder best ({best and best['name']}) / sentence-transformers default dtype", ratio(best, st), 1.25),
-            ("W1: Embedder Q4_K_M / sentence-transformers default dtype", ratio(q4km, st), 1.0),
-        ):
-            out.append({"target": what, "value": value, "goal": f">= {goal}", "met": value is not None and value >= goal})
+        ours = _row(w1, "qembed-gguf Q4_K_M")
+        for name, prefix, goal in (("the last commit before (same file)", "qembed-gguf before", 1.5),
+                                   ("llama-cpp-python defaults (same file)", "llama-cpp-python Q4_K_M", 2.0),
+                                   ("sentence-transformers", "sentence-transformers", 1.5)):
+            v = ratio(ours, _row(w1, prefix))
+            add(f"W1: Embedder Q4_K_M / {name}", v, f">= {goal}", v is not None and v >= goal)
+        v = ratio(ours, _row(w1, "ONNX Runtime int8"))
+        add("W1: Embedder Q4_K_M / ONNX Runtime int8 (reported)", v, "—", v is not None)
+        eff = ours.get("efficiency") if ours else None
+        add("W1: Embedder Q4_K_M model FLOP/s / fbgemm int8 GEMM rate", eff, ">= 0.9", eff is not None and eff >= 0.9)
+    load = report["workloads"].get("load")
+    if load:
+        row = next((r for r in load["rows"] if r["name"] == "qembed-gguf"), {})
+        add("Embedder(real-vocab 0.6B Q4_K_M) load, s", row.get("embedder_load_s"), "<= 1.5",
+            (row.get("embedder_load_s") or 99) <= 1.5)
+        add("qembed-gguf info on it, s", row.get("info_s"), "<= 1.0", (row.get("info_s") or 99) <= 1.0)
     w3 = report["workloads"].get("W3")
     if w3:
         for row in w3["rows"]:
             v = row.get("p50_ratio")
-            out.append({"target": f"W3 {row['quant'].upper()}: Embedder p50 / one llama_decode p50", "value": v,
-                        "goal": "<= 1.2", "met": v is not None and v <= 1.2})
+            add(f"W3 {row['quant'].upper()}: Embedder p50 / one llama_decode p50", v, "<= 1.2", v is not None and v <= 1.2)
     w4 = report["workloads"].get("W4")
     if w4:
         by_name = {r["name"]: r for r in w4["rows"] if "peak_rss_mb" in r}
@@ -538,8 +695,7 @@ def targets(report: dict) -> list[dict]:
                            (W4_GROWN, "KV cache grown to all 8,192 tokens"),
                            (W4_GROWN_Q8, "KV cache grown to 8,192 tokens, kv_cache_type q8_0")):
             v = by_name[name]["peak_rss_mb"] / 1024 if name in by_name else None
-            out.append({"target": f"W4: 4B Q4_K_M peak RSS (GiB), {what}", "value": v, "goal": "<= 3.0",
-                        "met": v is not None and v <= 3.0})
+            add(f"W4: 4B Q4_K_M peak RSS (GiB), {what}", v, "<= 3.0", v is not None and v <= 3.0)
     return out
 
 
@@ -557,20 +713,24 @@ def markdown(rep: dict, png: str) -> str:
              f"Reproduce: `python benchmarks/embed_bench.py{' --smoke' if rep['smoke'] else ''}` "
              f"(this run: {rep['elapsed_s'] / 60:.0f} min). 'max CPU steal' is the largest share of CPU time the "
              f"hypervisor gave to other guests during one of that contender's runs: runs with high steal are slow "
-             f"for reasons outside the contender.", "", "## Targets", "",
+             f"for reasons outside the contender."] + [f"Note: {n}" for n in rep.get("notes", [])] + ["", "## Targets", "",
              "| target | value | goal | met |", "|---|---|---|---|"]
     for t in rep["targets"]:
         lines.append(f"| {t['target']} | {_fmt(t['value'])} | {t['goal']} | {'yes' if t['met'] else '**no**'} |")
     titles = {"W1": "W1 corpus", "W2": "W2 long", "W4": "W4 4B shapes, Q4_K_M"}
+    shape = rep.get("model", {}).get("shape", {})
+    if shape:
+        lines += ["", f"Models: random weights with the real layer shapes and a {shape['vocab']:,}-token vocabulary "
+                      f"and its tokenizer ({rep['model']['tokenizer']})."]
     for key, title in titles.items():
         w = rep["workloads"].get(key)
         if not w:
             continue
         lcp = _row(w, "llama-cpp-python")
-        st = _row(w, "sentence-transformers default")
+        st = _row(w, "sentence-transformers")
         lines += ["", f"## {title}: {w['texts']} texts, {w['tokens']} tokens, median of {w['rounds']} interleaved "
                       f"round(s)", "",
-                  "| contender | tokens/s | docs/s | vs llama-cpp-python | vs ST default | peak RSS | efficiency "
+                  "| contender | tokens/s | docs/s | vs llama-cpp-python | vs ST | peak RSS | efficiency "
                   "| runs (tokens/s) | max CPU steal |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in w["rows"]:
@@ -588,7 +748,14 @@ def markdown(rep: dict, png: str) -> str:
             tuned = (", ".join(f"{b}: {s:.1f} s" for b, s in tune["seconds"].items()) + " on a sample → "
                      if tune["seconds"] else "given, not tuned: ")
             lines.append(f"sentence-transformers batch size {tuned}{tune['chosen']}. llama-cpp-python: `Llama(embedding=True).embed(texts, "
-                           f"normalize=True)` with its defaults (n_ctx = n_batch = 512, enough for W1).")
+                           f"normalize=True)` with its defaults (n_ctx = n_batch = 512, enough for W1). ONNX Runtime: "
+                           f"the checkpoint exported by torch.onnx (fp32), weights quantized by "
+                           f"`quantize_dynamic` (int8, per channel), last-token pooling (benchmarks/onnx_contender.py).")
+            before = _row(w, "qembed-gguf before")
+            if before:
+                lines.append("")
+                lines.append(f"'qembed-gguf before' is the last commit before this change on the same file: the Embedder "
+                             f"Q4_K_M is {_fmt(ratio(_row(w, 'qembed-gguf Q4_K_M'), before))}x it.")
         if key in ("W2", "W4"):
             lines.append("")
             lines.append("llama-cpp-python: n_ctx = n_batch raised to fit the longest input (its 512 default "
@@ -596,6 +763,35 @@ def markdown(rep: dict, png: str) -> str:
                          f"File {w['file_bytes'] / 2**30:.2f} GiB. Every contender accepts 8,192-token inputs. The "
                          f"Embedder's KV cache starts at 512 tokens and grows on demand; 'KV grown to 8192' rows "
                          f"reserve the full 8,192-token cache before embedding, as after one 8,192-token input.")
+    ty = rep["workloads"].get("types")
+    if ty:
+        lines += ["", f"## Weight types, repacking on and off: {ty['texts']} W1 texts, {ty['tokens']} tokens, one run each",
+                  "", "| type | file | tokens/s repack=False | tokens/s repack=True | off / on | efficiency (off) |",
+                  "|---|---|---|---|---|---|"]
+        by = {(r["quant"], r["repack"], bool(r.get("small_vocab"))): r for r in ty["rows"]}
+        for q in dict.fromkeys(r["quant"] for r in ty["rows"]):
+            off, on = by.get((q, False, False)), by.get((q, True, False))
+            if off is None:
+                continue
+            lines.append(f"| {q.upper()} | {off['file_bytes'] / 2**20:.0f} MiB | {_fmt(off.get('tokens_per_s'), '.1f')} | "
+                         f"{_fmt(on and on.get('tokens_per_s'), '.1f')} | {_fmt(ratio(off, on))} | "
+                         f"{_fmt(off.get('efficiency') and 100 * off['efficiency'], '.0f')}% |")
+        small = by.get(("q4_k_m", False, True))
+        if small:
+            same = small.get("same_lengths")
+            lines += ["", f"The same layer shapes with a 4,096-token vocabulary (Q4_K_M, repack=False"
+                          f"{', texts of the same token counts under its tokenizer' if same else ', the same texts'}): "
+                          f"{_fmt(small.get('tokens_per_s'), '.1f')} tokens/s; real vocabulary / small = "
+                          f"{_fmt(ratio(by.get(('q4_k_m', False, False)), small), '.3f')}"
+                          + (" (1.0: the vocabulary costs nothing, no logits are computed)." if same else
+                             f" (not an equal-FLOP comparison: its tokenizer splits the same texts into "
+                             f"{small['tokens']} tokens, not {ty['tokens']}, so its inputs are longer).")]
+    ld = rep["workloads"].get("load")
+    if ld:
+        lines += ["", f"## Start-up on {ld['file']} (best of {ld['rounds']} fresh processes)", "",
+                  "| version | Embedder(file) | qembed-gguf info |", "|---|---|---|"]
+        for r in ld["rows"]:
+            lines.append(f"| {r['name']} | {_fmt(r.get('embedder_load_s'))} s | {_fmt(r.get('info_s'))} s |")
     w3 = rep["workloads"].get("W3")
     if w3:
         lines += ["", f"## W3 query latency: {w3['queries']} queries of {w3['tokens_each']} tokens, one call each", "",

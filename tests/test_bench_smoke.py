@@ -42,16 +42,21 @@ def test_smoke_run_writes_a_complete_report(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     [report_json] = out.glob("*-smoke.json")
     report = json.loads(report_json.read_text())
-    assert set(report["workloads"]) == {"W1", "W2", "W3", "W4", "scaling"}
-    for key in ("W1", "W2", "W4"):
+    assert set(report["workloads"]) == {"W1", "types", "load", "W2", "W3", "W4", "scaling"}
+    for key in ("W1", "types", "W2", "W4"):
         rows = report["workloads"][key]["rows"]
         assert rows and all(r["tokens_per_s"] > 0 and r["peak_rss_mb"] > 0 and not r["errors"] for r in rows), key
     kinds = {r["kind"] for r in report["workloads"]["W1"]["rows"]}
-    assert kinds == {"qembed", "llama-cpp-python", "sentence-transformers"}
+    assert kinds == {"qembed", "llama-cpp-python", "sentence-transformers", "onnx"}
+    # the eval callback ran in every Embedder measurement, and never let the lm_head run
+    calls = [r["callback"] for r in report["workloads"]["W1"]["rows"][0]["runs"]]
+    assert calls and all(c["nodes_asked"] > 0 and c["head_asked"] == 0 for c in calls)
+    assert {r["repack"] for r in report["workloads"]["types"]["rows"]} == {False, True}
+    assert all(r["embedder_load_s"] > 0 and r["info_s"] > 0 for r in report["workloads"]["load"]["rows"])
     assert all(r["embedder_p50_ms"] > 0 and r["decode_p50_ms"] > 0 for r in report["workloads"]["W3"]["rows"])
     assert len(report["workloads"]["scaling"]["seconds"]) == len(report["workloads"]["scaling"]["lengths"])
     assert report["int8_gemm"]["ops_per_s"] > 0
     assert {t["target"].split(":")[0] for t in report["targets"]} >= {"W1", "W4"}
     md = report_json.with_suffix(".md").read_text()
-    assert "## Targets" in md and "## W1 corpus" in md and "![seconds per token" in md
+    assert "## Targets" in md and "## W1 corpus" in md and "![seconds per token" in md and "## Weight types" in md
     assert report_json.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -35,7 +35,7 @@ from .gguf_check import check_gguf, content_fingerprint, require_integrity
 from .gpuplan import ModelGeometry, Plan, check_gpu_request, resolve_gpu_layers
 from .modelcache import resolve_model
 from .postprocess import PRECISIONS, check_finite, l2_normalize, quantize_embeddings, truncate_dim
-from .runtime import LlamaRuntime
+from .runtime import LlamaRuntime, default_repack
 
 __all__ = ["Embedder", "ModelFacts", "EmbedderStats"]
 
@@ -171,13 +171,16 @@ class Embedder:
             a 28-layer random model; see the README). False turns it off; None lets llama.cpp decide.
         kv_cache_type: ``"f16"`` (default) or ``"q8_0"`` (half the KV-cache memory, for long
             contexts on small machines; needs flash attention) or ``"f32"``.
-        use_mmap: map the file instead of loading it. Off by default: on CPU llama.cpp repacks
-            quantized weights into its own buffers, so a mapped file stays resident next to the
-            repacked copy (4B-shaped Q4_K_M, measured: 3.9 GiB vs 2.3 GiB peak RSS).
-        repack: let llama.cpp's CPU backend repack Q4_0, Q4_K and IQ4_NL weights into its
-            interleaved 8x8 layouts (``use_extra_bufts``). Off by default: with repacking, Q4_K
-            weights leave the tiled AVX-512 VNNI kernel that is faster on the CPUs measured
-            (see the README's Performance section).
+        repack: let llama.cpp's CPU backend repack the weights into its interleaved layouts
+            (``use_extra_bufts``). None (default): only when the file's weight matrices are not
+            in a type llama.cpp's tiled kernel takes (K-quants, IQ4_XS), which repacked weights
+            skip: Q4_K_M/Q5_K_M/Q6_K/IQ4_XS files run unrepacked (1.37x faster here), Q4_0, IQ4_NL
+            and BF16 files repacked (1.1-1.35x). See :func:`qembed_gguf.runtime.default_repack`.
+        use_mmap: map the file instead of reading it. None (default): map it unless the weights
+            are repacked. A mapped file's pages are the page cache's, shared by every process
+            that maps the same file (several workers or servers hold one copy); repacking copies
+            the weights into llama.cpp's own buffers, so a mapped file would then stay resident
+            next to the copy (4B-shaped Q4_K_M, measured: 3.9 GiB vs 2.3 GiB peak RSS).
         verify: check, before loading, that every byte of the file matches the integrity seal the
             converter wrote (``qembed.integrity.blake2b``; about 1 s per GB); a mismatch or a file
             without a seal raises :class:`IntegrityError`. Whatever this says, the header is always
@@ -188,7 +191,9 @@ class Embedder:
             the instruction); a hit returns the stored vector without a decode (``stats.cache_hits``).
             Text inputs only. The Embedder closes a cache it opened from a spec, not one passed in.
         verbose: show llama.cpp's own log.
-        cache_dir, convert_type, revision: where and how checkpoints are converted.
+        cache_dir, convert_type, revision: where and how checkpoints are converted. ``convert_type``
+            defaults to Q6_K: of the types llama.cpp's fast tiled CPU kernel takes (Q4_K_M, Q5_K_M,
+            Q6_K, IQ4_XS all ran at the same speed, 1.6x Q8_0's) the closest to the source weights.
 
     One Embedder may be shared by threads: calls into llama.cpp are serialised internally.
     """
@@ -209,13 +214,13 @@ class Embedder:
         truncate: bool = True,
         flash_attn: bool | None = True,
         kv_cache_type: str = "f16",
-        use_mmap: bool = False,
-        repack: bool = False,
+        use_mmap: bool | None = None,
+        repack: bool | None = None,
         verify: bool = False,
         cache: "str | os.PathLike[str] | EmbeddingCache | None" = None,
         verbose: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
-        convert_type: str = "q8_0",
+        convert_type: str = "q6_k",
         revision: str | None = None,
     ):
         check_gpu_request(n_gpu_layers, vram_budget)  # before any conversion or loading
@@ -262,11 +267,14 @@ class Embedder:
         """The offload plan when ``n_gpu_layers="auto"`` found a GPU backend, else None."""
         self.n_gpu_layers: int = decision.n_gpu_layers
         """What was passed to llama.cpp."""
+        self.repack = default_repack(header.tensors) if repack is None else bool(repack)
+        """Whether llama.cpp repacked the weights (see ``repack``)."""
+        use_mmap = not self.repack if use_mmap is None else bool(use_mmap)
         self._lock = threading.RLock()
         self._runtime = LlamaRuntime(
             self.path, n_ctx=self._n_ctx, n_ubatch=self._n_ubatch, n_seq_max=max_batch_sequences,
             n_threads=n_threads or usable_cpus(), n_gpu_layers=self.n_gpu_layers, flash_attn=flash_attn,
-            kv_type=KV_CACHE_TYPES[kv_cache_type], use_mmap=use_mmap, repack=bool(repack), initial_ctx=self._n_ubatch,
+            kv_type=KV_CACHE_TYPES[kv_cache_type], use_mmap=use_mmap, repack=self.repack, initial_ctx=self._n_ubatch,
             verbose=verbose)
         eos = self._runtime.special_token_id(POOLING_TOKEN)
         if eos is None:

@@ -39,7 +39,7 @@ def _fingerprint(folder: Path) -> str:
 
 
 def resolve_model(model: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
-                  outtype: str = "q8_0", revision: str | None = None) -> Path:
+                  outtype: str = "q6_k", revision: str | None = None) -> Path:
     """The GGUF file for ``model`` (converting a checkpoint into the cache on first use)."""
     path = Path(model).expanduser()
     if path.suffix == ".gguf" or path.is_file():

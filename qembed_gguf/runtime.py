@@ -35,6 +35,10 @@ __all__ = ["LlamaRuntime", "set_llama_verbosity"]
 
 log = logging.getLogger(__name__)
 
+# ggml types llama.cpp's CPU backend multiplies with its tiled kernel (ggml-cpu/tiled: the
+# K-quants and the 256-block IQ types); repacked weights never take it
+TILED_TYPES = frozenset({10, 11, 12, 13, 14, 16, 17, 18, 19, 21, 22, 23, 29})  # Q2_K..Q6_K, IQ2/IQ3/IQ1, IQ4_XS
+
 POOLED_TENSOR = b"result_norm"  # the final RMSNorm's output in llama.cpp's qwen3 graph (res->t_embd)
 HEAD_TENSOR = b"result_output"  # the lm_head's output: never computed here
 
@@ -123,6 +127,25 @@ class _ResultNormTap:
         return False  # stop this graph here: the lm_head after result_norm is not computed
 
 
+def default_repack(tensors) -> bool:
+    """Whether llama.cpp should repack a file's weights (``use_extra_bufts``), from its tensors
+    (objects with ``name``, ``ggml_type``, ``shape`` and ``nbytes``, e.g. a header's spans).
+
+    Measured on an AVX-512 VNNI machine (0.6B shapes, real vocabulary; benchmarks/results): files
+    whose weight matrices are K-quants or IQ4_XS run fastest on the tiled kernel, which repacked
+    weights skip (Q4_K_M 335 tokens/s unrepacked vs 245 repacked); Q4_0, IQ4_NL and BF16 run
+    fastest repacked (Q4_0 240 vs 178). So: repack unless most matrix bytes are in a tiled type.
+    The token embedding is a row lookup, not a matmul, and does not count.
+    """
+    by_type: dict[int, int] = {}
+    for t in tensors:
+        if len(t.shape) == 2 and t.name != "token_embd.weight":
+            by_type[t.ggml_type] = by_type.get(t.ggml_type, 0) + t.nbytes
+    if not by_type:
+        return False
+    return max(by_type, key=by_type.get) not in TILED_TYPES
+
+
 def _set_fields(struct: ctypes.Structure, **values) -> None:
     """Assign ctypes struct fields, refusing names the struct lacks (a plain setattr would not)."""
     names = {f[0] for f in type(struct)._fields_}
@@ -144,9 +167,7 @@ class LlamaRuntime:
     ``n_ctx`` bounds the total tokens of one decode batch (all its sequences share the unified KV
     cache); the context starts at ``initial_ctx`` tokens and grows on demand (see :meth:`reserve`).
     ``n_seq_max`` bounds the sequences per batch. ``repack`` lets llama.cpp's CPU backend repack
-    Q4_0/Q4_K/IQ4_NL weights into its interleaved 8x8 layouts ("extra buffer types"); on CPUs with
-    AVX-512 VNNI that keeps K-quants off llama.cpp's faster tiled kernel, so it is off by default
-    (measured: benchmarks/results).
+    weights into its interleaved layouts ("extra buffer types"; see :func:`default_repack`).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, n_ctx: int, n_ubatch: int, n_seq_max: int,

@@ -216,7 +216,7 @@ def test_threads_share_one_embedder(embedders):
 def test_model_conversion_is_cached(tmp_path, tiny_dir):
     with Embedder("tiny", cache_dir=tmp_path) as e:
         first = e.path
-        assert first.parent == tmp_path and first.name.endswith("-Q8_0.gguf")
+        assert first.parent == tmp_path and first.name.endswith("-Q6_K.gguf")  # the default convert_type
         v = e.embed(["cache me"])
     stamp = first.stat().st_mtime_ns
     with Embedder(tiny_dir, cache_dir=tmp_path) as e2:
@@ -231,3 +231,20 @@ def test_closed_embedder(converted):
     e.close()
     with pytest.raises(InputError, match="closed"):
         e.embed(["x"])
+
+
+@pytest.mark.parametrize("outtype, repacked", [("q4_k_m", False), ("q6_k", False), ("q4_0", True), ("q8_0", True),
+                                               ("bf16", True)])
+def test_repack_only_off_the_tiled_kernel(outtype, repacked, converted, hf_reference):
+    """K-quant files stay unrepacked (llama.cpp's tiled kernel skips repacked weights) and are
+    memory-mapped; the others are repacked and read. Either way the vectors are the model's."""
+    from qembed_gguf.gguf_check import read_header
+    from qembed_gguf.runtime import default_repack
+
+    path = converted("tiny", outtype)
+    assert default_repack(read_header(path).tensors) is repacked
+    _, ref = hf_reference("tiny")
+    with Embedder(path) as e:
+        assert e.repack is repacked
+        got = e.embed([t for t in TEXTS])
+    assert np.sum(got * ref, axis=1).min() >= 0.96

@@ -150,13 +150,20 @@ def _last_hidden_wrapper(model):
     return LastHidden(model).eval()
 
 
+def _reusable(out: Path, folder: Path) -> bool:
+    """An export already in place (exports are published atomically: one that exists is complete)."""
+    if not out.exists():
+        return False
+    log.info("reusing %s", out)
+    _check_source(out, folder)
+    return True
+
+
 def export_fp32(folder: str | Path, out_dir: str | Path) -> Path:
     """``out_dir/model.fp32.onnx``: the checkpoint's Qwen3Model in fp32 (reused when it exists)."""
     folder, out_dir = Path(folder), Path(out_dir)
     out = out_dir / FP32_NAME
-    if out.exists():
-        log.info("reusing %s", out)
-        _check_source(out, folder)
+    if _reusable(out, folder):
         return out
     import torch
     from transformers import AutoModel
@@ -206,9 +213,7 @@ def export_int8(folder: str | Path, out_dir: str | Path, *, per_channel: bool = 
     """
     folder, out_dir = Path(folder), Path(out_dir)
     out = out_dir / INT8_NAME
-    if out.exists():
-        log.info("reusing %s", out)
-        _check_source(out, folder)
+    if _reusable(out, folder):
         return out
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -370,9 +375,11 @@ def _demo_texts(n: int, seed: int = 0) -> list[str]:
 
 
 def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """VmHWM: this address space's peak (ru_maxrss would carry a parent's RSS over fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

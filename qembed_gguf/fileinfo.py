@@ -179,14 +179,16 @@ def _string_at(buf, array: ArrayValue, index: int) -> str:
     return bytes(buf[pos + 8:pos + 8 + n]).decode("utf-8", errors="replace")
 
 
-def read_gguf_info(path: str | Path, *, header: GGUFHeader | None = None) -> GGUFInfo:
+def read_gguf_info(path: str | Path, *, header: GGUFHeader | None = None, validated: bool = False) -> GGUFInfo:
     """Read a GGUF file's metadata and tensor table (not its tensor data).
 
     The header is parsed and validated structurally (:func:`qembed_gguf.gguf_check.read_header`),
     so a malformed file is a :class:`CorruptModelError` naming the field and byte offset.
     ``header``: the caller's already-parsed header of this file (e.g. from
-    :func:`~qembed_gguf.gguf_check.check_gguf`), so it is not walked twice.
+    :func:`~qembed_gguf.gguf_check.check_gguf`), so it is not walked twice. ``validated`` is
+    accepted for compatibility and ignored (the header is always parsed once, here or by the caller).
     """
+    del validated
     path = Path(path)
     h = header if header is not None else read_header(path)
     try:
@@ -196,12 +198,16 @@ def read_gguf_info(path: str | Path, *, header: GGUFHeader | None = None) -> GGU
     with fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if len(mm) != h.file_size:
             raise ModelLoadError(f"{path}: changed size while being read ({h.file_size} -> {len(mm)} bytes)")
-        metadata = {k: _decode(v, mm) for k, v in h.metadata.items()}
-        eos_id, tokens = h.get("tokenizer.ggml.eos_token_id"), h.get("tokenizer.ggml.tokens")
-        eos = None
-        if (isinstance(eos_id, int) and not isinstance(eos_id, bool) and isinstance(tokens, ArrayValue)
-                and tokens.type == _STRING_TYPE and 0 <= eos_id < tokens.count):
-            eos = _string_at(mm, tokens, eos_id)
+        try:
+            metadata = {k: _decode(v, mm) for k, v in h.metadata.items()}
+            eos_id, tokens = h.get("tokenizer.ggml.eos_token_id"), h.get("tokenizer.ggml.tokens")
+            eos = None
+            if (isinstance(eos_id, int) and not isinstance(eos_id, bool) and isinstance(tokens, ArrayValue)
+                    and tokens.type == _STRING_TYPE and 0 <= eos_id < tokens.count):
+                eos = _string_at(mm, tokens, eos_id)
+        except (struct.error, ValueError, OverflowError) as exc:  # the file changed after its header was checked
+            raise ModelLoadError(f"{path}: header no longer matches the file ({type(exc).__name__}: {exc}); "
+                                 f"was it replaced while being read?") from None
     tensors = tuple(
         TensorInfo(t.name, _type_name(t.ggml_type), t.shape, math.prod(t.shape), t.nbytes) for t in h.tensors)
     return GGUFInfo(path=path, file_size=h.file_size, metadata=metadata, tensors=tensors, eos_token=eos)

@@ -69,7 +69,15 @@ class _ResultNormTap:
 
     llama.cpp asks the callback about every node (``ask=True``) and computes the nodes up to the
     first one it wants; then it calls again with ``ask=False`` and the computed tensor, and a false
-    answer ends that graph split there. The only node wanted is ``result_norm``: it holds one row
+    answer ends that graph split there (later splits still run: on CPU there is one; with
+    ``n_gpu_layers >= 1`` llama.cpp puts the output layer on the GPU first, so ``result_norm`` and
+    the head share the last split; a GPU build with ``n_gpu_layers=0`` may op-offload the head's
+    matmul into a split of its own, which then runs, and a warning says so).
+
+    The callback is Python, so each node takes the interpreter lock: measured on the 2-layer tiny
+    model, a bursty Python thread beside the Embedder (the server's event loop) slowed embedding
+    1.04x (the code before this callback: 1.26x), but a thread spinning in pure Python without
+    pause slows it several times over. The only node wanted is ``result_norm``: it holds one row
     per output token of the micro-batch (here: each sequence's last token), in batch order, so the
     rows of a decode call's micro-batches, appended in call order, are its sequences' pooled
     vectors. ``ggml_backend_tensor_get`` reads host and device (GPU-offloaded) tensors alike.
@@ -90,10 +98,11 @@ class _ResultNormTap:
         self.head_asked = 0
         self.nodes_asked = 0
         self.error: str | None = None
+        self.exception: BaseException | None = None
         self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_node)
 
     def reset(self) -> None:
-        self.n_rows, self.error = 0, None
+        self.n_rows, self.error, self.exception = 0, None, None
 
     def _on_node(self, tensor, ask, _user_data) -> bool:
         try:
@@ -108,6 +117,7 @@ class _ResultNormTap:
             return self._copy(tensor)
         except BaseException as exc:  # noqa: BLE001 - an exception must not unwind through C
             self.error = f"{type(exc).__name__}: {exc}"
+            self.exception = exc  # re-raised by embed_batch once llama.cpp has returned
             return False
 
     def _copy(self, tensor) -> bool:
@@ -127,6 +137,18 @@ class _ResultNormTap:
         return False  # stop this graph here: the lm_head after result_norm is not computed
 
 
+def _tiled_kernel_available() -> bool:
+    """llama.cpp's tiled CPU matmul is built for x86 (AVX and up) and on unless GGML_CPU_TILED_MM=0."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
+        return False
+    try:
+        return int(os.environ.get("GGML_CPU_TILED_MM", "1")) != 0
+    except ValueError:  # llama.cpp reads it with atoi(): text is 0, off
+        return False
+
+
 def default_repack(tensors) -> bool:
     """Whether llama.cpp should repack a file's weights (``use_extra_bufts``), from its tensors
     (objects with ``name``, ``ggml_type``, ``shape`` and ``nbytes``, e.g. a header's spans).
@@ -135,11 +157,14 @@ def default_repack(tensors) -> bool:
     whose weight matrices are K-quants or IQ4_XS run fastest on the tiled kernel, which repacked
     weights skip (Q4_K_M 335 tokens/s unrepacked vs 245 repacked); Q4_0, IQ4_NL and BF16 run
     fastest repacked (Q4_0 240 vs 178). So: repack unless most matrix bytes are in a tiled type.
-    The token embedding is a row lookup, not a matmul, and does not count.
+    The token embedding is a row lookup and the output matrix is never multiplied here: neither
+    counts. Where the tiled kernel does not exist (it is x86-only) or is switched off, repack.
     """
+    if not _tiled_kernel_available():
+        return True  # elsewhere (ARM, GGML_CPU_TILED_MM=0) repacking is llama.cpp's fast path for K-quants
     by_type: dict[int, int] = {}
     for t in tensors:
-        if len(t.shape) == 2 and t.name != "token_embd.weight":
+        if len(t.shape) == 2 and t.name not in ("token_embd.weight", "output.weight"):
             by_type[t.ggml_type] = by_type.get(t.ggml_type, 0) + t.nbytes
     if not by_type:
         return False
@@ -187,6 +212,7 @@ class LlamaRuntime:
         if not self.model:
             raise ModelLoadError(f"llama.cpp could not load {self.path} (run with verbose=True to see why)")
         self.ctx = None
+        self._warned_head = False
         try:
             self.vocab = llama_cpp.llama_model_get_vocab(self.model)
             self.n_embd = llama_cpp.llama_model_n_embd(self.model)
@@ -329,13 +355,20 @@ class LlamaRuntime:
         lc.llama_memory_clear(lc.llama_get_memory(self.ctx), True)
         tap = self._tap
         tap.reset()
+        head_before = tap.head_asked
         rc = lc.llama_decode(self.ctx, self._batch)
         if rc != 0:
             raise BackendError(f"llama_decode failed with code {rc} on a batch of {len(sequences)} sequences / "
                                f"{total} tokens")
+        if tap.exception is not None and not isinstance(tap.exception, Exception):
+            raise tap.exception  # KeyboardInterrupt, SystemExit: not a backend failure
+        if tap.head_asked != head_before and not self._warned_head:
+            self._warned_head = True
+            log.warning("llama.cpp computed the lm_head in a graph split after result_norm (a GPU build's op "
+                        "offload with n_gpu_layers=0?): correct vectors, wasted work")
         if tap.error is not None or tap.n_rows != len(sequences):
             raise BackendError(f"reading the pooled hidden states failed on a batch of {len(sequences)} sequences "
-                               f"/ {total} tokens: {tap.error or f'{tap.n_rows} rows came back'}")
+                               f"/ {total} tokens: {tap.error or f'{tap.n_rows} rows came back'}") from tap.exception
         return tap.rows[:len(sequences)].copy()
 
     def close(self) -> None:

@@ -247,4 +247,35 @@ def test_repack_only_off_the_tiled_kernel(outtype, repacked, converted, hf_refer
     with Embedder(path) as e:
         assert e.repack is repacked
         got = e.embed([t for t in TEXTS])
+        mapped = str(path.resolve()) in open("/proc/self/maps").read()  # llama.cpp mapped the file
+    assert mapped is not repacked
     assert np.sum(got * ref, axis=1).min() >= 0.96
+
+
+def test_pooled_state_failures_are_typed(embedders, monkeypatch):
+    """What the eval callback cannot deliver is a BackendError, never stale or missing rows; an
+    interrupt inside it is re-raised as itself once llama.cpp has returned."""
+    from qembed_gguf import runtime
+
+    e = embedders("tiny", "q8_0")
+    tap = e._runtime._tap
+    monkeypatch.setattr(runtime, "POOLED_TENSOR", b"a_node_llama_cpp_renamed")
+    with pytest.raises(BackendError, match="0 rows came back"):
+        e.embed(["no result_norm in this graph"])
+    monkeypatch.undo()
+
+    def broken(tensor):
+        raise RuntimeError("copy failed")
+
+    monkeypatch.setattr(tap, "_copy", broken)
+    with pytest.raises(BackendError, match="RuntimeError: copy failed"):
+        e.embed(["the copy fails"])
+
+    def interrupted(tensor):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tap, "_copy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        e.embed(["Ctrl-C"])
+    monkeypatch.undo()
+    assert np.isfinite(e.embed(["works again"])).all()

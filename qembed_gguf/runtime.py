@@ -181,8 +181,40 @@ def _set_fields(struct: ctypes.Structure, **values) -> None:
         setattr(struct, name, value)
 
 
+# ggml_log_level as ggml.h numbers it (NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5).
+# llama-cpp-python 0.3.36's own log callback still maps an older numbering (1 INFO, 2 WARN,
+# 3 ERROR, 4 DEBUG): llama.cpp's warnings reach stderr however quiet it is asked to be (every
+# real-vocabulary load printed "control-looking token: 128247 '</s>'"), and its errors are hidden
+_GGML_LOG_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_log_state = {"callback": None, "last": logging.DEBUG}
+
+
+def _install_log_callback() -> None:
+    """Route llama.cpp's log through a callback with ggml's level numbering (installed once, kept alive)."""
+    if _log_state["callback"] is not None:
+        return
+    import llama_cpp
+
+    bindings_log = logging.getLogger("llama-cpp-python")
+
+    def on_log(level: int, text: bytes, _user_data) -> None:
+        try:
+            mapped = _log_state["last"] if level == 5 else _GGML_LOG_LEVELS.get(level, logging.ERROR)
+            _log_state["last"] = mapped
+            if bindings_log.level <= mapped:
+                sys.stderr.write(text.decode("utf-8", errors="replace"))
+                sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - nothing may unwind into C
+            pass
+
+    _log_state["callback"] = llama_cpp.llama_log_callback(on_log)
+    llama_cpp.llama_log_set(_log_state["callback"], ctypes.c_void_p(0))
+
+
 def set_llama_verbosity(verbose: bool) -> None:
-    """llama-cpp-python prints llama.cpp's log according to this logger's level."""
+    """Show llama.cpp's log (verbose) or only its errors: through the ``llama-cpp-python`` logger's
+    level, which the quantizer also uses, with ggml's own level numbers."""
+    _install_log_callback()
     logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 

@@ -187,3 +187,18 @@ def test_compute_buffer_holds_no_full_logits_tensor(realvocab_gguf, tmp_path):
     ours = _compute_buffer_mib(path, "embedder", tmp_path)
     assert reference >= logits_mib, (reference, logits_mib)  # the measurement can see the logits tensor
     assert ours < logits_mib / 4, (ours, reference)
+
+
+def test_quiet_by_default_errors_still_shown(realvocab_gguf, tmp_path):
+    """llama-cpp-python 0.3.36 maps ggml's log levels with an old numbering (its WARN is ggml's INFO,
+    ggml's WARN lands on ERROR): loading the real vocabulary printed a llama.cpp warning however
+    quiet. The Embedder's own callback keeps a quiet load quiet and a verbose one complete."""
+    path = realvocab_gguf("q8_0")
+    probe = "import sys; from qembed_gguf import Embedder; Embedder(sys.argv[1], verbose=sys.argv[2] == '1').embed(['x'])"
+    quiet = subprocess.run([sys.executable, "-c", probe, str(path), "0"], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+    loud = subprocess.run([sys.executable, "-c", probe, str(path), "1"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr[-2000:] + loud.stderr[-2000:]
+    assert quiet.stderr.strip() == "", quiet.stderr[-2000:]
+    assert "control-looking token" in loud.stderr and "compute buffer size" in loud.stderr

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Fidelity report: cosine of qembed-gguf's vectors to HF transformers (last token, normalised)
-per output type, for the bundled tiny model and a second generated shape, plus batch invariance.
+per output type, for a hidden-256 model with the real 151,669-token Qwen3 vocabulary and tokenizer,
+the bundled tiny model and a second generated shape, plus batch invariance.
 
     python benchmarks/fidelity_report.py        # → benchmarks/results/<date>-fidelity.{md,json}
 
@@ -27,6 +28,7 @@ from conftest import TEXTS  # noqa: E402
 from test_embedder import LONG_TEXTS  # noqa: E402
 
 from qembed_gguf import Embedder, convert, registry  # noqa: E402
+from qembed_gguf.realvocab import write_qwen3_tokenizer  # noqa: E402
 from qembed_gguf.synthetic import SHAPES, write_checkpoint  # noqa: E402
 
 TYPES = ["f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"]
@@ -38,7 +40,8 @@ def hf_vectors(folder: Path, texts: list[str]) -> np.ndarray:
     out = []
     with torch.no_grad():
         for t in texts:
-            h = model(**tok(t, return_tensors="pt")).last_hidden_state[0, -1].double().numpy()
+            ids = tok(t, return_tensors="pt", split_special_tokens=True)  # user text stays text, as in the Embedder
+            h = model(**ids).last_hidden_state[0, -1].double().numpy()
             out.append(h / np.linalg.norm(h))
     return np.stack(out)
 
@@ -49,7 +52,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tiny = registry.bundled_dir(registry.get_spec("tiny"))
         odd = write_checkpoint(Path(tmp) / "odd", SHAPES["odd"], tokenizer_from=tiny, seed=1, shards=2, prefix="model.")
-        for name, folder in (("tiny (hidden 256, 2 layers)", tiny), ("odd (hidden 96, 3 layers)", odd)):
+        real = write_checkpoint(Path(tmp) / "realvocab-small", SHAPES["realvocab-small"], seed=3,
+                                tokenizer_from=write_qwen3_tokenizer(Path(tmp) / "qwen3-tokenizer"))
+        for name, folder in (("real vocabulary (151,669 tokens; hidden 256, 2 layers)", real),
+                             ("tiny (hidden 256, 2 layers)", tiny), ("odd (hidden 96, 3 layers)", odd)):
             ref = hf_vectors(folder, texts)
             for t in TYPES:
                 path = convert(folder, outtype=t, outfile=Path(tmp) / f"{folder.name}-{t}.gguf", quiet=True)

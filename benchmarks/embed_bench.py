@@ -317,16 +317,22 @@ def _bare_decode(job: dict) -> dict:
     return {"call_s": times, "peak_rss_mb": _peak_rss_mb()}
 
 
+def _env(pythonpath: str | None) -> dict:
+    """This environment, with ``pythonpath`` first on PYTHONPATH (e.g. the last commit before a change,
+    installed with pip --target, which then shadows the installed package)."""
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
+    return env
+
+
 def run_worker(job: dict, timeout: float) -> dict:
     """Run one measurement in a fresh interpreter; its result, or {"error": ...}."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(job, fh)
-    env = dict(os.environ)
-    if job.get("pythonpath"):  # e.g. the last commit before a change, installed with pip --target
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [job["pythonpath"], env.get("PYTHONPATH")]))
     try:
         proc = subprocess.run([sys.executable, __file__, "_worker", fh.name], capture_output=True, text=True,
-                              timeout=timeout, cwd=tempfile.gettempdir(), env=env)
+                              timeout=timeout, cwd=tempfile.gettempdir(), env=_env(job.get("pythonpath")))
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     finally:
@@ -594,9 +600,7 @@ def load_times(path: Path, baseline: str | None, threads: int, timeout: float, r
     out: dict = {"file": path.name, "rounds": rounds, "rows": []}
     versions = [("qembed-gguf", None)] + ([("qembed-gguf before", baseline)] if baseline else [])
     for name, pythonpath in versions:
-        env = dict(os.environ)
-        if pythonpath:
-            env["PYTHONPATH"] = pythonpath
+        env = _env(pythonpath)
         row: dict = {"name": name}
         load = [run_worker({"kind": "qembed", "model": str(path), "texts": ["x"], "threads": threads,
                             "mode": "throughput", "pythonpath": pythonpath}, timeout) for _ in range(rounds)]

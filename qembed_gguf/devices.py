@@ -67,12 +67,15 @@ def _llama_lib_dir() -> Path | None:
         return None
 
 
-def _ggml():
-    """The libggml that llama-cpp-python loaded (the same library object: dlopen dedups by file)."""
+def load_llama_library(stem: str, functions) -> ctypes.CDLL | None:
+    """A ggml library (``ggml``, ``ggml-base``) from llama-cpp-python's folder, with ``functions``
+    ((name, restype, argtypes) triples) typed; None when it or any function is absent. dlopen
+    dedups by file, so this is the very library llama-cpp-python loaded."""
     folder = _llama_lib_dir()
     if folder is None:
         return None
-    names = {"win32": ["ggml.dll"], "darwin": ["libggml.dylib"]}.get(sys.platform, ["libggml.so", "libggml.so.0"])
+    names = {"win32": [f"{stem}.dll"], "darwin": [f"lib{stem}.dylib"]}.get(
+        sys.platform, [f"lib{stem}.so", f"lib{stem}.so.0"])
     for name in names:
         path = folder / name
         if path.exists():
@@ -80,20 +83,24 @@ def _ggml():
                 lib = ctypes.CDLL(str(path))
             except OSError:
                 continue
-            p, s = ctypes.c_void_p, ctypes.c_size_t
-            for fn, res, args in (("ggml_backend_dev_count", s, []), ("ggml_backend_dev_get", p, [s]),
-                                  ("ggml_backend_dev_name", ctypes.c_char_p, [p]),
-                                  ("ggml_backend_dev_description", ctypes.c_char_p, [p]),
-                                  ("ggml_backend_dev_type", ctypes.c_int, [p]),
-                                  ("ggml_backend_dev_memory", None, [p, ctypes.POINTER(s), ctypes.POINTER(s)]),
-                                  ("ggml_backend_dev_backend_reg", p, [p]),
-                                  ("ggml_backend_reg_name", ctypes.c_char_p, [p])):
+            for fn, res, args in functions:
                 f = getattr(lib, fn, None)
                 if f is None:
                     return None
                 f.restype, f.argtypes = res, args
             return lib
     return None
+
+
+def _ggml():
+    """The libggml that llama-cpp-python loaded, with the device-registry functions."""
+    p, s = ctypes.c_void_p, ctypes.c_size_t
+    return load_llama_library("ggml", (
+        ("ggml_backend_dev_count", s, []), ("ggml_backend_dev_get", p, [s]),
+        ("ggml_backend_dev_name", ctypes.c_char_p, [p]), ("ggml_backend_dev_description", ctypes.c_char_p, [p]),
+        ("ggml_backend_dev_type", ctypes.c_int, [p]),
+        ("ggml_backend_dev_memory", None, [p, ctypes.POINTER(s), ctypes.POINTER(s)]),
+        ("ggml_backend_dev_backend_reg", p, [p]), ("ggml_backend_reg_name", ctypes.c_char_p, [p])))
 
 
 def backend_devices() -> list[BackendDevice]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import keys
 from .errors import ModelLoadError
-from .gguf_check import ArrayValue, GGUFHeader, read_header
+from .gguf_check import _SCALAR, _STRING, _U64, ArrayValue, GGUFHeader, read_header
 
 __all__ = ["GGUFInfo", "TensorInfo", "read_gguf_info"]
 
@@ -154,25 +154,20 @@ class StringArray:
         return f"<{self.length} strings>"
 
 
-# numeric array elements, by GGUF value type
-_NUMERIC = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8",
-            12: "<f8"}
-_STRING_TYPE = 8
-
-
 def _decode(value: Any, buf) -> Any:
     """A header value as Python: scalars as they are, numeric arrays as lists, string arrays as
     :class:`StringArray` (their length only)."""
     if not isinstance(value, ArrayValue):
         return value
-    if value.type == _STRING_TYPE:
+    if value.type == _STRING:
         return StringArray(value.count)
-    return np.frombuffer(buf, dtype=_NUMERIC[value.type], count=value.count, offset=value.offset).tolist()
+    # the header parser's element formats ("<I", "<f", ...) are numpy dtypes as they are
+    return np.frombuffer(buf, dtype=_SCALAR[value.type], count=value.count, offset=value.offset).tolist()
 
 
 def _string_at(buf, array: ArrayValue, index: int) -> str:
     """Element ``index`` of a string array the header parser already bounded (a walk over lengths)."""
-    pos, unpack = array.offset, struct.Struct("<Q").unpack_from
+    pos, unpack = array.offset, _U64.unpack_from
     for _ in range(index):
         pos += 8 + unpack(buf, pos)[0]
     (n,) = unpack(buf, pos)
@@ -203,7 +198,7 @@ def read_gguf_info(path: str | Path, *, header: GGUFHeader | None = None, valida
             eos_id, tokens = h.get("tokenizer.ggml.eos_token_id"), h.get("tokenizer.ggml.tokens")
             eos = None
             if (isinstance(eos_id, int) and not isinstance(eos_id, bool) and isinstance(tokens, ArrayValue)
-                    and tokens.type == _STRING_TYPE and 0 <= eos_id < tokens.count):
+                    and tokens.type == _STRING and 0 <= eos_id < tokens.count):
                 eos = _string_at(mm, tokens, eos_id)
         except (struct.error, ValueError, OverflowError) as exc:  # the file changed after its header was checked
             raise ModelLoadError(f"{path}: header no longer matches the file ({type(exc).__name__}: {exc}); "

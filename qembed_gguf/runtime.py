@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import gguf
 import numpy as np
 
 from .errors import BackendError, ModelLoadError
@@ -37,30 +38,27 @@ log = logging.getLogger(__name__)
 
 # ggml types llama.cpp's CPU backend multiplies with its tiled kernel (ggml-cpu/tiled: the
 # K-quants and the 256-block IQ types); repacked weights never take it
-TILED_TYPES = frozenset({10, 11, 12, 13, 14, 16, 17, 18, 19, 21, 22, 23, 29})  # Q2_K..Q6_K, IQ2/IQ3/IQ1, IQ4_XS
+TILED_TYPES = frozenset(int(gguf.GGMLQuantizationType[n]) for n in (
+    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S",
+    "IQ1_M"))
 
 POOLED_TENSOR = b"result_norm"  # the final RMSNorm's output in llama.cpp's qwen3 graph (res->t_embd)
 HEAD_TENSOR = b"result_output"  # the lm_head's output: never computed here
 
 
-def _ggml_base(lib_dir: Path) -> ctypes.CDLL:
-    """libggml-base from llama-cpp-python's library folder, with the tensor functions the tap calls."""
-    names = {"win32": ["ggml-base.dll"], "darwin": ["libggml-base.dylib"]}.get(
-        sys.platform, ["libggml-base.so", "libggml-base.so.0"])
-    for name in names:
-        if (lib_dir / name).exists():
-            lib = ctypes.CDLL(str(lib_dir / name))
-            break
-    else:
-        raise BackendError(f"no libggml-base in {lib_dir}: this llama-cpp-python build is not one qembed-gguf "
-                           f"knows (0.3.36 is tested)")
+def _ggml_base() -> ctypes.CDLL:
+    """libggml-base as llama-cpp-python loaded it, with the tensor functions the tap calls."""
+    from .devices import load_llama_library
+
     p = ctypes.c_void_p
-    for fn, res, args in (("ggml_get_name", ctypes.c_char_p, [p]), ("ggml_nelements", ctypes.c_int64, [p]),
-                          ("ggml_nrows", ctypes.c_int64, [p]), ("ggml_nbytes", ctypes.c_size_t, [p]),
-                          ("ggml_is_contiguous", ctypes.c_bool, [p]),
-                          ("ggml_backend_tensor_get", None, [p, p, ctypes.c_size_t, ctypes.c_size_t])):
-        f = getattr(lib, fn)
-        f.restype, f.argtypes = res, args
+    lib = load_llama_library("ggml-base", (
+        ("ggml_get_name", ctypes.c_char_p, [p]), ("ggml_nelements", ctypes.c_int64, [p]),
+        ("ggml_nrows", ctypes.c_int64, [p]), ("ggml_nbytes", ctypes.c_size_t, [p]),
+        ("ggml_is_contiguous", ctypes.c_bool, [p]),
+        ("ggml_backend_tensor_get", None, [p, p, ctypes.c_size_t, ctypes.c_size_t])))
+    if lib is None:
+        raise BackendError("no libggml-base with the tensor functions qembed-gguf needs next to this "
+                           "llama-cpp-python's libllama (0.3.36 is tested)")
     return lib
 
 
@@ -72,15 +70,16 @@ class _ResultNormTap:
     answer ends that graph split there (later splits still run: on CPU there is one; with
     ``n_gpu_layers >= 1`` llama.cpp puts the output layer on the GPU first, so ``result_norm`` and
     the head share the last split; a GPU build with ``n_gpu_layers=0`` may op-offload the head's
-    matmul into a split of its own, which then runs, and a warning says so).
+    matmul into a split of its own, which then runs, and a warning says so). The only node wanted
+    is ``result_norm``: it holds one row per output token of the micro-batch (here: each
+    sequence's last token), in batch order, so the rows of a decode call's micro-batches, appended
+    in call order, are its sequences' pooled vectors. ``ggml_backend_tensor_get`` reads host and
+    device (GPU-offloaded) tensors alike.
 
     The callback is Python, so each node takes the interpreter lock: measured on the 2-layer tiny
     model, a bursty Python thread beside the Embedder (the server's event loop) slowed embedding
     1.04x (the code before this callback: 1.26x), but a thread spinning in pure Python without
-    pause slows it several times over. The only node wanted is ``result_norm``: it holds one row
-    per output token of the micro-batch (here: each sequence's last token), in batch order, so the
-    rows of a decode call's micro-batches, appended in call order, are its sequences' pooled
-    vectors. ``ggml_backend_tensor_get`` reads host and device (GPU-offloaded) tensors alike.
+    pause slows it several times over.
 
     Counters (for tests and benchmarks): ``nodes_asked``, every node llama.cpp asked about;
     ``head_asked``, how often it asked about the lm_head's node, which it would then have
@@ -251,8 +250,7 @@ class LlamaRuntime:
             self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
             self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
             self.n_seq_max = max(1, min(n_seq_max, llama_cpp.llama_max_parallel_sequences()))
-            self._tap = _ResultNormTap(_ggml_base(Path(llama_cpp.llama_cpp._lib._name).resolve().parent),
-                                       self.n_embd, self.n_seq_max)
+            self._tap = _ResultNormTap(_ggml_base(), self.n_embd, self.n_seq_max)
             cparams = llama_cpp.llama_context_default_params()
             flash = {None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                      False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]

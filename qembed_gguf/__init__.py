@@ -19,6 +19,7 @@ from .errors import (  # noqa: E402
     ConversionError,
     InputError,
     InputTooLongError,
+    InvalidTextError,
     ModelLoadError,
     OutputExistsError,
     QembedError,
@@ -53,4 +54,5 @@ __all__ = [
     "BackendError",
     "InputError",
     "InputTooLongError",
+    "InvalidTextError",
 ]

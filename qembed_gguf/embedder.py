@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import unicodedata
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from .gpuplan import ModelGeometry, Plan, check_gpu_request, resolve_gpu_layers
 from .modelcache import resolve_model
 from .postprocess import PRECISIONS, check_finite, l2_normalize, quantize_embeddings, truncate_dim
 from .runtime import LlamaRuntime, default_repack
+from .validate import check_int, check_text
 
 __all__ = ["Embedder", "ModelFacts", "EmbedderStats"]
 
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 POOLING_TOKEN = "<|endoftext|>"
 DEFAULT_MAX_TOKENS = 8192
 KV_CACHE_TYPES = {"f16": 1, "f32": 0, "q8_0": 8}  # ggml_type ids
+MAX_SEQUENCES = 256   # llama.cpp's LLAMA_MAX_SEQ: sequences of one context
+MAX_THREADS = 512     # ggml's GGML_MAX_N_THREADS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +96,30 @@ def _facts(info: GGUFInfo) -> ModelFacts:
     )
 
 
+def context_sizes(*, max_tokens: int | None, n_ctx: int | None, n_ubatch: int, trained: int) -> tuple[int, int, int]:
+    """``(max_tokens, n_ctx, n_ubatch)`` after defaults and bounds, or :class:`InputError`.
+
+    Every bound is one a setting could otherwise break silently or expensively: an input longer
+    than the model's trained context (``trained``, ``{arch}.context_length``) runs on positions
+    the model never saw, and a context above it only serves packing, which the measurements
+    found slower than ``n_ubatch``-token calls. So ``max_tokens <= n_ctx <= trained`` and
+    ``n_ubatch <= n_ctx`` (a larger micro-batch is clamped to the context). Memory follows what is
+    used, not these bounds: the KV cache starts at ``n_ubatch`` tokens and grows on demand.
+    """
+    limit = "the model's trained context (its context_length) in tokens"
+    if max_tokens is None:
+        max_tokens = min(DEFAULT_MAX_TOKENS, trained)
+    max_tokens = check_int("max_tokens", max_tokens, hi=trained, why=limit)
+    n_ubatch = check_int("n_ubatch", n_ubatch)
+    if n_ctx is None:
+        n_ctx = min(max(max_tokens, n_ubatch), trained)
+    n_ctx = check_int("n_ctx", n_ctx, hi=trained, why=limit)
+    if n_ctx < max_tokens:
+        raise InputError(f"n_ctx ({n_ctx}) must be >= max_tokens ({max_tokens}): every input must fit one decode "
+                         f"batch")
+    return max_tokens, n_ctx, min(n_ubatch, n_ctx)
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask: a container's limit, taskset), else all."""
     try:
@@ -128,13 +155,14 @@ def _nfc(text: str) -> str:
 
 def _check_texts(texts: str | Sequence[str]) -> list[str]:
     if isinstance(texts, str):
-        return [texts]
+        return [check_text(texts, "texts", 0)]
     if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
         raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
+        check_text(t, "texts", i)
     return texts
 
 
@@ -234,18 +262,14 @@ class Embedder:
             log.warning("%s: %s — corrected at run time (pooling LAST forced, <|endoftext|> appended)",
                         self.path.name, problem)
 
-        if max_tokens is None:
-            max_tokens = min(DEFAULT_MAX_TOKENS, self.facts.context)
-        self._max_tokens = self._check_positive("max_tokens", max_tokens)
-        self._check_positive("n_ubatch", n_ubatch)
-        if n_ctx is None:
-            n_ctx = max(self._max_tokens, n_ubatch)
-        self._n_ctx = self._check_positive("n_ctx", n_ctx)
-        if self._n_ctx < self._max_tokens:
-            raise InputError(f"n_ctx ({self._n_ctx}) must be >= max_tokens ({self._max_tokens}): every input "
-                             f"must fit one decode batch")
-        self._n_ubatch = min(n_ubatch, self._n_ctx)
-        self._check_positive("max_batch_sequences", max_batch_sequences)
+        self._max_tokens, self._n_ctx, self._n_ubatch = context_sizes(
+            max_tokens=max_tokens, n_ctx=n_ctx, n_ubatch=n_ubatch, trained=self.facts.context)
+        check_int("max_batch_sequences", max_batch_sequences, hi=MAX_SEQUENCES,
+                   why="llama.cpp's LLAMA_MAX_SEQ")
+        if n_threads is not None:
+            check_int("n_threads", n_threads, hi=MAX_THREADS, why="ggml's GGML_MAX_N_THREADS")
+        if flash_attn not in (None, True, False):
+            raise InputError(f"flash_attn must be True, False or None, got {flash_attn!r}")
         if kv_cache_type not in KV_CACHE_TYPES:
             raise InputError(f"kv_cache_type must be one of {', '.join(KV_CACHE_TYPES)}, got {kv_cache_type!r}")
         if KV_CACHE_TYPES[kv_cache_type] not in (0, 1) and flash_attn is False:
@@ -298,9 +322,7 @@ class Embedder:
     # -- validation helpers -----------------------------------------------------------------------
     @staticmethod
     def _check_positive(name: str, value) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
-        return value
+        return check_int(name, value)
 
     def _check_dim(self, dim: int | None) -> int | None:
         if dim is None:
@@ -371,6 +393,11 @@ class Embedder:
         return [len(ids) for ids in self._tokenize(_check_texts(texts))]
 
     def format_query(self, text: str, task: str | None = None) -> str:
+        """``text`` as a query with ``task`` (default: the model's) in the model's query template."""
+        if task is not None:
+            if not isinstance(task, str):
+                raise TypeError(f"the instruction must be a string, got {type(task).__name__}")
+            check_text(task, "instruction")
         return self.facts.query_template.format(task=self.facts.default_task if task is None else task, text=text)
 
     # -- embedding --------------------------------------------------------------------------------
@@ -424,12 +451,18 @@ class Embedder:
         return self._tokenize(_check_texts(texts))
 
     def pool(self, sequences: list[list[int]], *, batch_tokens: int | None = None,
-             max_seqs: int | None = None, show_progress: bool = False) -> np.ndarray:
+             max_seqs: int | None = None, show_progress: bool = False,
+             cancelled: Callable[[int], bool] | None = None) -> np.ndarray:
         """Raw pooled hidden states, ``(len(sequences), dim)`` float32, of prepared token sequences.
 
         The low-level step under every ``embed*`` call (the server batches requests through it):
         applies the ``max_tokens`` rule, packs the sequences into decode calls and returns the
         rows in input order, neither truncated (Matryoshka) nor normalised.
+
+        ``cancelled(i)``, when given, is asked before each decode call about every sequence ``i``
+        of that call: the cancelled ones are left out (their rows are NaN), and a call whose
+        sequences are all cancelled is skipped. The server uses it to stop working for clients
+        that disconnected.
         """
         budget = self._n_ubatch if batch_tokens is None else self._check_positive("batch_tokens", batch_tokens)
         if budget > self._n_ctx:
@@ -446,19 +479,31 @@ class Embedder:
         if show_progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(sequences), unit="text", desc="embedding")
+        dropped: list[int] = []
         try:
             for batch in batches:
-                with self._lock:
-                    self._require_open()
-                    pooled[batch] = self._runtime.embed_batch([sequences[i] for i in batch])
-                self.stats.add(decode_calls=1, sequences_decoded=len(batch),
-                               tokens_decoded=sum(len(sequences[i]) for i in batch))
+                if cancelled is not None:
+                    gone = {i for i in batch if cancelled(i)}
+                    if gone:
+                        dropped.extend(gone)
+                        batch = [i for i in batch if i not in gone]
+                if batch:
+                    with self._lock:
+                        self._require_open()
+                        pooled[batch] = self._runtime.embed_batch([sequences[i] for i in batch])
+                    self.stats.add(decode_calls=1, sequences_decoded=len(batch),
+                                   tokens_decoded=sum(len(sequences[i]) for i in batch))
                 if bar is not None:
                     bar.update(len(batch))
         finally:
             if bar is not None:
                 bar.close()
-        check_finite(pooled)
+        if dropped:
+            pooled[dropped] = 0.0  # finite while checked, then NaN: a cancelled row is no vector
+            check_finite(pooled)
+            pooled[dropped] = np.nan
+        else:
+            check_finite(pooled)
         return pooled
 
     def _finish(self, pooled: np.ndarray, *, dim: int | None, normalize: bool | None) -> np.ndarray:
@@ -556,6 +601,9 @@ class Embedder:
         elif prompt_name not in (None, "document"):
             raise InputError(f"unknown prompt_name {prompt_name!r}; this model has 'query' and 'document'")
         if prompt:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+            check_text(prompt, "prompt")
             items = [prompt + t for t in items]
         vectors = self._embed(items, dim=truncate_dim, normalize=normalize_embeddings, batch_tokens=None,
                               max_seqs=self._check_positive("batch_size", batch_size),

@@ -17,7 +17,8 @@ subclasses the builtin that matches its meaning, so that callers' existing ``exc
     ├── BackendError(RuntimeError)           llama.cpp / llama-cpp-python cannot do what was asked
     ├── CacheError(OSError)                  an embedding cache cannot be opened or reached
     └── InputError(ValueError)               bad user input
-        └── InputTooLongError                an input exceeds ``max_tokens`` with truncate=False
+        ├── InputTooLongError                an input exceeds ``max_tokens`` with truncate=False
+        └── InvalidTextError                 an input is not encodable text (a lone surrogate)
 
 Messages always name *where* the problem is (a file, a tensor, a key, a byte offset, an input
 index), and the same facts are available as attributes for programs.
@@ -42,6 +43,7 @@ __all__ = [
     "CacheError",
     "InputError",
     "InputTooLongError",
+    "InvalidTextError",
 ]
 
 
@@ -132,3 +134,18 @@ class InputTooLongError(InputError):
         self.index = index
         self.n_tokens = n_tokens
         self.max_tokens = max_tokens
+
+
+class InvalidTextError(InputError):
+    """An input string cannot be encoded as UTF-8: it holds a lone surrogate (e.g. ``"\\ud800"``,
+    what ``json.loads`` or ``bytes.decode(errors="surrogateescape")`` produce from broken data).
+
+    ``index`` is the input's index (None for a setting such as the instruction), ``position`` the
+    character offset of the first surrogate and ``what`` names the argument.
+    """
+
+    def __init__(self, message: str, *, what: str, index: int | None, position: int):
+        super().__init__(message)
+        self.what = what
+        self.index = index
+        self.position = position

@@ -21,9 +21,10 @@ import numpy as np
 
 from .convert.writer import default_file_mode
 from .errors import InputError
+from .validate import lone_surrogate
 
 __all__ = ["JobInput", "NO_ID", "iter_txt", "iter_jsonl", "iter_records", "input_format", "parse_txt", "parse_jsonl",
-           "read_input", "atomic_file", "write_npy_atomic", "write_json_atomic", "ids_path"]
+           "atomic_file", "write_npy_atomic", "write_json_atomic", "ids_path"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,10 @@ def iter_jsonl(lines: Iterable[bytes], *, field: str = "text", source: str = "<i
             raise InputError(f"{source}: line {lineno} has no {field!r} field (use --field to name another)")
         if not isinstance(obj[field], str):
             raise InputError(f"{source}: line {lineno}: {field!r} is {type(obj[field]).__name__}, not a string")
+        bad = lone_surrogate(obj[field])
+        if bad is not None:
+            raise InputError(f"{source}: line {lineno}: {field!r} holds a lone surrogate ({obj[field][bad]!r}, an "
+                             f"escape such as \\ud800 without its pair) at character {bad}: not valid Unicode text")
         has_id = "id" in obj
         if with_id is None:
             with_id = has_id
@@ -102,21 +107,6 @@ def input_format(path: str, fmt: str) -> str:
 def iter_records(fh: IO[bytes], *, fmt: str, field: str, source: str) -> Iterator[tuple[int, str, Any]]:
     """Stream an input's records from a binary file object (``fmt`` already resolved)."""
     return iter_jsonl(fh, field=field, source=source) if fmt == "jsonl" else iter_txt(fh, source=source)
-
-
-def read_input(path: str, *, fmt: str = "auto", field: str = "text", stdin: IO[bytes] | None = None) -> JobInput:
-    """Read a job's input: ``path`` is a file or ``-`` (standard input); ``fmt`` auto/txt/jsonl."""
-    fmt = input_format(path, fmt)
-    if path == "-":
-        data = (stdin or os.fdopen(0, "rb", closefd=False)).read()
-        source = "<stdin>"
-    else:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read input ({exc.strerror})") from None
-        source = path
-    return parse_jsonl(data, field=field, source=source) if fmt == "jsonl" else parse_txt(data, source=source)
 
 
 def ids_path(out: Path) -> Path:

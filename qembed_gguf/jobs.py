@@ -15,12 +15,14 @@ quantized (int8/uint8 buckets from all rows, as in one pass) and streamed into t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -54,24 +56,46 @@ class JobSettings:
 
 @dataclasses.dataclass(frozen=True)
 class JobResult:
-    n_texts: int
-    n_tokens: int
+    n_texts: int              # rows of the output
+    n_tokens: int             # tokens embedded by this run (resumed chunks excluded)
     dim: int
-    seconds: float
-    resumed_chunks: int
+    seconds: float            # embedding time of this run
+    resumed_chunks: int       # chunks an interrupted run had already done
     output: Path
+    n_embedded: int = -1      # texts embedded by this run (n_texts minus the resumed chunks' rows)
+
+    @property
+    def texts_per_second(self) -> float:
+        """This run's rate: texts it embedded (not the resumed ones) per second."""
+        return self.n_embedded / self.seconds if self.seconds > 0 else 0.0
 
 
 def job_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.job")
 
 
-def _open_input(path: str, stdin: IO[bytes] | None) -> tuple[Callable[[], IO[bytes]], str]:
-    if path == "-":
-        import io
+SPOOL_CHUNK = 1 << 20
 
-        data = (stdin or os.fdopen(0, "rb", closefd=False)).read()  # a pipe cannot be read twice
-        return (lambda: io.BytesIO(data)), "<stdin>"
+
+@contextlib.contextmanager
+def _spooled(stdin: IO[bytes], folder: Path, name: str) -> Iterator[Path]:
+    """Standard input copied, 1 MiB at a time, into a hidden file of ``folder`` (removed on exit):
+    a pipe cannot be read twice, and holding it in memory would not scale with the input."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".stdin.partial", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            shutil.copyfileobj(stdin, fh, SPOOL_CHUNK)
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _open_input(path: str, stdin: IO[bytes] | None, spool: contextlib.ExitStack,
+                out: Path) -> tuple[Callable[[], IO[bytes]], str]:
+    if path == "-":
+        copy = spool.enter_context(_spooled(stdin or os.fdopen(0, "rb", closefd=False), out.parent, out.name))
+        return (lambda: open(copy, "rb")), "<stdin>"
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{path}: is a folder, not an input file")
@@ -149,16 +173,22 @@ def run_embed_job(embedder, input_path: str, out: Path, settings: JobSettings, *
     ``embedder`` is an open :class:`~qembed_gguf.Embedder` or a zero-argument callable returning
     one (called only after the input was validated, so a bad line costs no model load).
     """
-    from .postprocess import quantize_embeddings
-
     out = Path(out)
     if settings.chunk_size < 1:
         raise InputError(f"chunk_size must be positive, got {settings.chunk_size}")
-    folder = job_dir(out)
     if not force and (out.exists() or ids_path(out).exists()):
         raise OutputExistsError(f"{out} (or its .ids.json) exists; pass --force to overwrite")
     fmt = input_format(input_path, settings.fmt)
-    opener, source = _open_input(input_path, stdin)
+    with contextlib.ExitStack() as spool:
+        opener, source = _open_input(input_path, stdin, spool, out)
+        return _run(embedder, opener, source, fmt, out, settings, restart=restart, progress=progress)
+
+
+def _run(embedder, opener: Callable[[], IO[bytes]], source: str, fmt: str, out: Path, settings: JobSettings, *,
+         restart: bool, progress: Callable[[int], None] | None) -> JobResult:
+    from .postprocess import quantize_embeddings
+
+    folder = job_dir(out)
     n, has_ids, sha, size = _scan(opener, fmt, settings.field, source)
     if settings.precision in ("int8", "uint8") and n < 2:
         raise InputError(f"precision {settings.precision} computes its buckets from the inputs: it needs at least "
@@ -189,7 +219,7 @@ def run_embed_job(embedder, input_path: str, out: Path, settings: JobSettings, *
         dim = settings.dim or e.dim
         n_chunks = -(-n // settings.chunk_size)
         started = time.perf_counter()
-        n_tokens = 0
+        n_tokens = n_embedded = 0
         with opener() as fh:
             records = iter_records(fh, fmt=fmt, field=settings.field, source=source)
             for k in range(n_chunks):
@@ -204,6 +234,7 @@ def run_embed_job(embedder, input_path: str, out: Path, settings: JobSettings, *
                         texts = [e.format_query(t, instruction) for t in texts]
                     vectors = e.embed(texts, dim=settings.dim, batch_tokens=settings.batch_tokens)
                     n_tokens += sum(e.count_tokens(texts))
+                    n_embedded += rows
                     if has_ids:
                         with atomic_file(folder / f"chunk-{k:06d}.ids.json") as fid:
                             fid.write(json.dumps([i for _, _, i in chunk], ensure_ascii=False).encode())
@@ -243,4 +274,4 @@ def run_embed_job(embedder, input_path: str, out: Path, settings: JobSettings, *
             fid.write(b"]")
     shutil.rmtree(folder, ignore_errors=True)
     fsync_dir(out.parent)
-    return JobResult(n, n_tokens, dim, seconds, resumed, out)
+    return JobResult(n, n_tokens, dim, seconds, resumed, out, n_embedded)

@@ -266,7 +266,7 @@ class LlamaRuntime:
             self.max_ctx = n_ctx
             self.n_ctx = 0
             self._make_context(min(n_ctx, initial_ctx or n_ctx))
-            self._alloc_batch(n_ctx)
+            self._alloc_batch(self.n_ctx)  # grown with the context: memory follows use, not max_ctx
         except BaseException:
             self.close()
             raise
@@ -314,6 +314,7 @@ class LlamaRuntime:
     # -- batch buffers ------------------------------------------------------------------------
     def _alloc_batch(self, capacity: int) -> None:
         lc = self._llama
+        self._capacity = capacity
         self._tokens = np.zeros(capacity, dtype=np.int32)
         self._pos = np.zeros(capacity, dtype=np.int32)
         self._n_seq_id = np.ones(capacity, dtype=np.int32)
@@ -371,6 +372,8 @@ class LlamaRuntime:
             raise ValueError(f"batch of {len(sequences)} sequences / {total} tokens does not fit "
                              f"n_seq_max={self.n_seq_max}, n_ctx={self.max_ctx}")
         self.reserve(total)
+        if total > self._capacity:
+            self._alloc_batch(min(self.max_ctx, max(total, 2 * self._capacity)))
         offset = 0
         for s, seq in enumerate(sequences):
             n = len(seq)

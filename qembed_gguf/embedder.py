@@ -181,14 +181,16 @@ class Embedder:
             binary units); the smaller of this and the free VRAM the backend reports is used.
         n_threads: CPU threads (default: every CPU this process may use, per its affinity mask).
         max_tokens: longest input, in tokens including the pooling token (default
-            min(8192, the model's trained context)).
-        n_ctx: largest llama.cpp context (default ``max(max_tokens, n_ubatch)``), >= max_tokens.
+            min(8192, the model's trained context)); at most the trained context.
+        n_ctx: largest llama.cpp context (default ``max(max_tokens, n_ubatch)``), in
+            ``[max_tokens, trained context]`` (see :func:`context_sizes`).
             The context, whose KV cache is resident memory, starts at ``n_ubatch`` tokens and
             doubles on demand when a longer input arrives, up to this; it never shrinks. So a
             short-text workload costs a 512-token KV cache even with max_tokens=8192.
         n_ubatch: llama.cpp micro-batch size (tokens computed together), and the default token
             budget for packing several short inputs into one decode call.
-        max_batch_sequences: most inputs packed into one decode call.
+        max_batch_sequences: most inputs packed into one decode call (at most 256, llama.cpp's
+            ``LLAMA_MAX_SEQ``).
         dim: default output dimension (Matryoshka), in ``[mrl_min_dim, full dim]``; None = full.
         normalize: L2-normalise outputs by default.
         truncate: True: inputs longer than ``max_tokens`` are cut (keeping the pooling token last)

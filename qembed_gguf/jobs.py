@@ -201,6 +201,11 @@ def _run(embedder, opener: Callable[[], IO[bytes]], source: str, fmt: str, out: 
 
         seal = e.info.get(INTEGRITY)
         instruction = (e.facts.default_task if settings.task is None else settings.task) if settings.query else None
+        # the settings against this model, before a job folder records them: a bad --dim must not
+        # leave a folder that makes the corrected command refuse to "resume" it
+        e.embed([], dim=settings.dim, batch_tokens=settings.batch_tokens)
+        if instruction is not None:
+            e.format_query("", instruction)
         manifest = {"version": MANIFEST_VERSION, "input": {"source": source, "sha256": sha, "bytes": size,
                                                            "records": n},
                     "model": _model_fingerprint(Path(e.path), seal),

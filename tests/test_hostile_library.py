@@ -205,3 +205,17 @@ def test_a_resumed_job_counts_only_what_it_embedded(embedder, tmp_path):
     assert (result.n_texts, result.n_embedded, result.resumed_chunks) == (40, 16, 3)
     assert result.texts_per_second == pytest.approx(16 / result.seconds)
     assert result.n_tokens == sum(embedder.count_tokens([f"text {i}" for i in range(24, 40)]))
+
+
+def test_a_bad_setting_leaves_no_job_folder_to_poison_the_corrected_run(model, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("a\nb\n")
+    out = tmp_path / "o.npy"
+    for args, match in [(["--dim", "7"], "dim must be an integer in"), (["--batch-tokens", "100000"], "batch_tokens"),
+                        (["--query", "--task", "bad \ud800"], "instruction holds a lone surrogate")]:
+        result = CliRunner().invoke(main, ["embed", str(model), str(src), "-o", str(out), "-q", *args])
+        assert result.exit_code != 0 and match in result.output, result.output
+        assert not job_dir(out).exists() and not out.exists()
+    result = CliRunner().invoke(main, ["embed", str(model), str(src), "-o", str(out), "-q", "--dim", "64"])
+    assert result.exit_code == 0, result.output
+    assert np.load(out).shape == (2, 64)

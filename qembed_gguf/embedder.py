@@ -517,49 +517,58 @@ class Embedder:
 
     def _embed(self, items: list[str], *, dim: int | None, normalize: bool | None, batch_tokens: int | None,
                max_seqs: int | None, show_progress: bool) -> np.ndarray:
+        """Embed model-ready texts: each distinct text is looked up in the cache (if any) and
+        decoded at most once, however often it occurs in ``items``."""
         dim = self._check_dim(dim) if dim is not None else self._dim
         normalize = self.normalize if normalize is None else normalize
-        out_dim = dim or self.dim
-        if self._cache is None or not items:
-            sequences = self._tokenize(items) if items else []
-            return self._finish(self.pool(sequences, batch_tokens=batch_tokens, max_seqs=max_seqs,
-                                          show_progress=show_progress), dim=dim, normalize=normalize)
-        keys = self._cache.keys(items, out_dim, normalize)
-        found = self._cache.lookup(keys, out_dim)
-        out = np.empty((len(items), out_dim), dtype=np.float32)
-        todo: dict[str, list[int]] = {}  # unique missing text -> the rows that want it
-        for i, (text, vec) in enumerate(zip(items, found)):
-            if vec is None:
-                todo.setdefault(text, []).append(i)
-            else:
-                out[i] = vec
-        n_missing = sum(len(rows) for rows in todo.values())
-        self.stats.add(cache_hits=len(items) - n_missing, cache_misses=n_missing)
+        out = np.empty((len(items), dim or self.dim), dtype=np.float32)
+        if not items:
+            self.pool([], batch_tokens=batch_tokens)  # validates batch_tokens
+            return out
+        rows: dict[str, list[int]] = {}  # distinct text -> the rows that want it
+        for i, text in enumerate(items):
+            rows.setdefault(text, []).append(i)
+        texts = list(rows)
+        keys = self._cache.keys(texts, dim or self.dim, normalize) if self._cache is not None else None
+        found = self._cache.lookup(keys, dim or self.dim) if keys is not None else [None] * len(texts)
+        todo = [k for k, vec in enumerate(found) if vec is None]
+        if self._cache is not None:
+            misses = sum(len(rows[texts[k]]) for k in todo)
+            self.stats.add(cache_hits=len(items) - misses, cache_misses=misses)
         if todo:
-            texts = list(todo)
-            fresh = self._finish(self.pool(self._tokenize(texts), batch_tokens=batch_tokens, max_seqs=max_seqs,
+            sequences = self.fit(self._tokenize([texts[k] for k in todo]), rows=[rows[texts[k]] for k in todo])
+            fresh = self._finish(self.pool(sequences, batch_tokens=batch_tokens, max_seqs=max_seqs,
                                            show_progress=show_progress), dim=dim, normalize=normalize)
-            for text, vec in zip(texts, fresh):
-                out[todo[text]] = vec
-            self._cache.store([keys[todo[t][0]] for t in texts], fresh)
+            for k, vec in zip(todo, fresh):
+                found[k] = vec
+            if keys is not None:
+                self._cache.store([keys[k] for k in todo], fresh)
+        for text, vec in zip(texts, found):
+            out[rows[text]] = vec
         return out
 
-    def fit(self, sequences: list[list[int]], *, truncate: bool | None = None) -> list[list[int]]:
+    def fit(self, sequences: list[list[int]], *, truncate: bool | None = None,
+            rows: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
         """Apply the ``max_tokens`` rule to prepared sequences: inputs longer than ``max_tokens``
         are cut keeping the pooling token last (one warning per call), or, with ``truncate``
-        False (default: the Embedder's), raise :class:`InputTooLongError` naming the first."""
+        False (default: the Embedder's), raise :class:`InputTooLongError` naming the first.
+
+        ``rows[k]``: the caller's input indices that sequence ``k`` stands for (distinct texts
+        decoded once), so that messages count and name the caller's inputs."""
         limit = self._max_tokens
-        long = [i for i, s in enumerate(sequences) if len(s) > limit]
+        long = [k for k, s in enumerate(sequences) if len(s) > limit]
         if not long:
             return sequences
+        where = (lambda k: rows[k]) if rows is not None else (lambda k: (k,))
+        n_long = sum(len(where(k)) for k in long)
+        first_k = min(long, key=lambda k: where(k)[0])
+        first, n = where(first_k)[0], len(sequences[first_k])
         if not (self.truncate if truncate is None else truncate):
-            i = long[0]
             raise InputTooLongError(
-                f"input {i} has {len(sequences[i])} tokens, more than max_tokens={limit} "
-                f"({len(long)} input(s) too long); shorten it or use truncate=True",
-                index=i, n_tokens=len(sequences[i]), max_tokens=limit)
+                f"input {first} has {n} tokens, more than max_tokens={limit} ({n_long} input(s) too long); "
+                f"shorten it or use truncate=True", index=first, n_tokens=n, max_tokens=limit)
         log.warning("%d input(s) longer than max_tokens=%d were truncated (first: input %d, %d tokens)",
-                    len(long), limit, long[0], len(sequences[long[0]]))
+                    n_long, limit, first, n)
         return [s if len(s) <= limit else s[:limit - 1] + [self._eos] for s in sequences]
 
     def embed_query(self, texts: str | Sequence[str], *, task: str | None = None, **kwargs) -> np.ndarray:

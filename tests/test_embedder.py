@@ -280,3 +280,15 @@ def test_pooled_state_failures_are_typed(embedders, monkeypatch):
         e.embed(["Ctrl-C"])
     monkeypatch.undo()
     assert np.isfinite(e.embed(["works again"])).all()
+
+
+def test_identical_inputs_are_decoded_once_and_errors_name_the_callers_index(converted):
+    with Embedder(converted("tiny", "q8_0"), max_tokens=16, truncate=False) as e:
+        before = e.stats.sequences_decoded
+        v = e.embed(["same"] * 50 + ["other"])
+        assert e.stats.sequences_decoded - before == 2
+        assert np.array_equal(v[0], v[49]) and np.allclose(v[50], e.embed(["other"])[0], atol=1e-6)
+        long = "many words here " * 20
+        with pytest.raises(InputTooLongError) as info:
+            e.embed(["short", long, "short", long])
+        assert info.value.index == 1 and "(2 input(s) too long)" in str(info.value)

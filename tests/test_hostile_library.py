@@ -38,7 +38,7 @@ def test_small_micro_batches_and_contexts_run_in_a_subprocess(model, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import json, numpy as np
         from qembed_gguf import Embedder
-        texts = ["a b c"] * 70 + ["x " * 30, "one more input"]
+        texts = [f"a b c {{i}}" for i in range(70)] + ["x " * 30, "one more input"]
         # flash attention off: its CPU kernel accumulates in f16, and with 8-token micro-batches a
         # long input drifts (cos 0.98 on this random-weight model), which is not what is tested here
         ref = Embedder({str(model)!r}, flash_attn=False, max_tokens=16).embed(texts)

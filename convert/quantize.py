@@ -72,7 +72,7 @@ def choose_type(gguf_name: str, shape: tuple[int, ...], outtype: OutType) -> tup
     ``shape`` is in HF order (rows, cols). Mirrors llama.cpp's convert_hf_to_gguf.py policy.
     """
     if outtype.qtype is None:
-        raise ValueError(f"{outtype.name} is written by llama.cpp's quantizer, not by choose_type")
+        raise ConversionError(f"{outtype.name} is written by llama.cpp's quantizer, not by choose_type")
     if len(shape) <= 1 or gguf_name.endswith("_norm.weight"):
         return Q.F32, None
     qtype = outtype.qtype

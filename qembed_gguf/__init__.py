@@ -13,20 +13,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import errors, registry  # noqa: E402
-from .errors import (  # noqa: E402
-    BackendError,
-    CheckpointFormatError,
-    ConversionError,
-    InputError,
-    InputTooLongError,
-    InvalidTextError,
-    ModelLoadError,
-    OutputExistsError,
-    QembedError,
-    TensorMismatchError,
-    UnknownModelError,
-    UnsupportedModelError,
-)
+from .errors import *  # noqa: E402,F403 - every error class, exactly as errors.__all__ lists them
 from .embedder import Embedder  # noqa: E402
 from .fileinfo import GGUFInfo, read_gguf_info  # noqa: E402
 
@@ -35,24 +22,5 @@ from .fileinfo import GGUFInfo, read_gguf_info  # noqa: E402
 from . import convert  # noqa: E402
 
 
-__all__ = [
-    "__version__",
-    "Embedder",
-    "convert",
-    "read_gguf_info",
-    "GGUFInfo",
-    "errors",
-    "registry",
-    "QembedError",
-    "ConversionError",
-    "CheckpointFormatError",
-    "UnsupportedModelError",
-    "TensorMismatchError",
-    "OutputExistsError",
-    "ModelLoadError",
-    "UnknownModelError",
-    "BackendError",
-    "InputError",
-    "InputTooLongError",
-    "InvalidTextError",
-]
+__all__ = ["__version__", "Embedder", "convert", "read_gguf_info", "GGUFInfo", "errors", "registry",
+           *errors.__all__]

@@ -23,8 +23,11 @@ __all__ = ["Preset", "load_presets", "cmake_args", "install_command", "presets_p
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the tested version (pyproject.toml pins the range)
 
 
-class PresetError(ValueError):
-    """CMakePresets.json is missing or malformed, or a preset is unknown."""
+try:
+    from .errors import PresetError
+except ImportError:  # run as a plain script (CI, before installation): the standard library only
+    class PresetError(ValueError):  # type: ignore[no-redef]
+        """CMakePresets.json is missing or malformed, or a preset is unknown."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .errors import InputError
+
 __all__ = ["plan_batches"]
 
 
@@ -25,10 +27,10 @@ def plan_batches(lengths: Sequence[int], *, budget: int, max_seqs: int) -> list[
     is longest-first. Lengths must be positive (the caller bounds them by the context size).
     """
     if budget < 1 or max_seqs < 1:
-        raise ValueError(f"budget ({budget}) and max_seqs ({max_seqs}) must be positive")
+        raise InputError(f"budget ({budget}) and max_seqs ({max_seqs}) must be positive")
     bad = [i for i, n in enumerate(lengths) if n < 1]
     if bad:
-        raise ValueError(f"input {bad[0]} has {lengths[bad[0]]} tokens; each must have at least 1")
+        raise InputError(f"input {bad[0]} has {lengths[bad[0]]} tokens; each must have at least 1")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []

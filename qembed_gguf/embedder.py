@@ -28,7 +28,7 @@ import numpy as np
 from . import keys, registry
 from .batching import plan_batches
 from .cache import RECIPE_VERSION, EmbeddingCache, VectorCache, open_cache
-from .errors import InputError, InputTooLongError, ModelLoadError
+from .errors import InputError, InputTooLongError, InputTypeError, ModelLoadError
 from .fileinfo import GGUFInfo, read_gguf_info
 from .devices import gpu_free_bytes, gpu_offload_supported
 from .gguf_check import check_gguf, content_fingerprint, require_integrity
@@ -131,18 +131,18 @@ def usable_cpus() -> int:
 def _check_token_lists(inputs: Sequence[Sequence[int]], n_vocab: int) -> list[list[int]]:
     """Validate token-id inputs: non-empty lists of ints in ``[0, n_vocab)``; errors name the input."""
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
-        raise TypeError(f"token inputs must be a sequence of token-id lists, got {type(inputs).__name__}")
+        raise InputTypeError(f"token inputs must be a sequence of token-id lists, got {type(inputs).__name__}")
     out = []
     for i, seq in enumerate(inputs):
         if isinstance(seq, np.ndarray) and seq.ndim == 1 and np.issubdtype(seq.dtype, np.integer):
             seq = seq.tolist()
         if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
-            raise TypeError(f"tokens[{i}] is {type(seq).__name__}, not a list of token ids")
+            raise InputTypeError(f"tokens[{i}] is {type(seq).__name__}, not a list of token ids")
         if not seq:
             raise InputError(f"tokens[{i}] is empty")
         for j, t in enumerate(seq):
             if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-                raise TypeError(f"tokens[{i}][{j}] is {type(t).__name__}, not an integer token id")
+                raise InputTypeError(f"tokens[{i}][{j}] is {type(t).__name__}, not an integer token id")
             if not 0 <= t < n_vocab:
                 raise InputError(f"tokens[{i}][{j}] = {t} is not a token id of this model (vocabulary: 0..{n_vocab - 1})")
         out.append([int(t) for t in seq])
@@ -157,11 +157,11 @@ def _check_texts(texts: str | Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         return [check_text(texts, "texts", 0)]
     if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
+        raise InputTypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
+            raise InputTypeError(f"texts[{i}] is {type(t).__name__}, not str")
         check_text(t, "texts", i)
     return texts
 
@@ -398,7 +398,7 @@ class Embedder:
         """``text`` as a query with ``task`` (default: the model's) in the model's query template."""
         if task is not None:
             if not isinstance(task, str):
-                raise TypeError(f"the instruction must be a string, got {type(task).__name__}")
+                raise InputTypeError(f"the instruction must be a string, got {type(task).__name__}")
             check_text(task, "instruction")
         return self.facts.query_template.format(task=self.facts.default_task if task is None else task, text=text)
 
@@ -613,7 +613,7 @@ class Embedder:
             raise InputError(f"unknown prompt_name {prompt_name!r}; this model has 'query' and 'document'")
         if prompt:
             if not isinstance(prompt, str):
-                raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+                raise InputTypeError(f"prompt must be a string, got {type(prompt).__name__}")
             check_text(prompt, "prompt")
             items = [prompt + t for t in items]
         vectors = self._embed(items, dim=truncate_dim, normalize=normalize_embeddings, batch_tokens=None,

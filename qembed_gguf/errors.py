@@ -14,9 +14,12 @@ subclasses the builtin that matches its meaning, so that callers' existing ``exc
     │   ├── CorruptModelError                the GGUF header is malformed (field + byte offset)
     │   └── IntegrityError                   the file does not match its integrity seal
     ├── UnknownModelError(LookupError)       a name is not in the registry
+    ├── ModelSpecError(ValueError)           a model spec (models/*.toml) is malformed
+    ├── PresetError(ValueError)              CMakePresets.json is missing or malformed, or a preset unknown
     ├── BackendError(RuntimeError)           llama.cpp / llama-cpp-python cannot do what was asked
     ├── CacheError(OSError)                  an embedding cache cannot be opened or reached
     └── InputError(ValueError)               bad user input
+        ├── InputTypeError(TypeError)        an input or argument of the wrong type
         ├── InputTooLongError                an input exceeds ``max_tokens`` with truncate=False
         └── InvalidTextError                 an input is not encodable text (a lone surrogate)
 
@@ -39,9 +42,12 @@ __all__ = [
     "CorruptModelError",
     "IntegrityError",
     "UnknownModelError",
+    "ModelSpecError",
+    "PresetError",
     "BackendError",
     "CacheError",
     "InputError",
+    "InputTypeError",
     "InputTooLongError",
     "InvalidTextError",
 ]
@@ -114,6 +120,14 @@ class UnknownModelError(QembedError, LookupError):
         return str(self.args[0]) if self.args else ""
 
 
+class ModelSpecError(QembedError, ValueError):
+    """A model spec (``models/*.toml``, or a mapping given to the registry) is malformed."""
+
+
+class PresetError(QembedError, ValueError):
+    """CMakePresets.json is missing or malformed, or a preset is unknown."""
+
+
 class BackendError(QembedError, RuntimeError):
     """llama.cpp (through llama-cpp-python) failed or lacks a needed feature."""
 
@@ -124,6 +138,10 @@ class CacheError(QembedError, OSError):
 
 class InputError(QembedError, ValueError):
     """Bad input given to the library."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An input or argument has the wrong type (``texts[2] is int, not str``)."""
 
 
 class InputTooLongError(InputError):

@@ -33,7 +33,7 @@ from typing import Iterable, Sequence
 
 import gguf
 
-from .errors import InputError
+from .errors import InputError, ModelLoadError
 
 __all__ = ["ModelGeometry", "Plan", "Usage", "GpuDecision", "MiB", "GiB", "parse_size", "format_size",
            "kv_bytes_per_layer", "compute_buffer_bytes", "offload_usage", "plan_offload", "check_gpu_request", "resolve_gpu_layers", "max_full_context", "fit_table",
@@ -77,7 +77,7 @@ def tensor_nbytes(ggml_type: int, shape: Sequence[int]) -> int:
     for d in shape:
         n *= int(d)
     if n % block:
-        raise ValueError(f"{n} values are not a whole number of {block}-value blocks")
+        raise InputError(f"{n} values are not a whole number of {block}-value blocks")
     return n // block * type_size
 
 
@@ -112,7 +112,7 @@ class ModelGeometry:
             if m:
                 i = int(m.group(1))
                 if not 0 <= i < n_layer:
-                    raise ValueError(f"tensor {name}: block {i} outside 0..{n_layer - 1}")
+                    raise ModelLoadError(f"tensor {name}: block {i} outside 0..{n_layer - 1}")
                 layers[i] += size
             elif name.startswith("token_embd."):
                 inp += size

@@ -45,7 +45,7 @@ def quantize_embeddings(x: np.ndarray, precision: str, *, ranges: np.ndarray | N
     (``x > 0``), 8 dims per byte, as int8 (offset by -128) or uint8.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "float32":
         return x.astype(np.float32, copy=False)
     if x.ndim == 2 and x.shape[0] == 0:

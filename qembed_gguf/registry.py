@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from .errors import QembedError, UnknownModelError
+from .errors import ModelSpecError, UnknownModelError
 
 __all__ = ["ModelSpec", "all_specs", "get_spec", "find_spec", "family_spec", "bundled_dir"]
 
@@ -59,17 +59,17 @@ class ModelSpec:
         for field in ("layers", "dim", "heads", "kv_heads", "head_dim", "ffn", "vocab", "context"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise QembedError(f"model spec {self.name!r}: {field} must be a positive integer, got {value!r}")
+                raise ModelSpecError(f"model spec {self.name!r}: {field} must be a positive integer, got {value!r}")
         if not 0 < self.mrl_min_dim <= self.dim:
-            raise QembedError(f"model spec {self.name!r}: mrl_min_dim {self.mrl_min_dim} not in [1, dim={self.dim}]")
+            raise ModelSpecError(f"model spec {self.name!r}: mrl_min_dim {self.mrl_min_dim} not in [1, dim={self.dim}]")
         if self.heads % self.kv_heads:
-            raise QembedError(f"model spec {self.name!r}: heads {self.heads} not a multiple of kv_heads {self.kv_heads}")
+            raise ModelSpecError(f"model spec {self.name!r}: heads {self.heads} not a multiple of kv_heads {self.kv_heads}")
         if "{task}" not in self.query_template or "{text}" not in self.query_template:
-            raise QembedError(f"model spec {self.name!r}: query_template must contain {{task}} and {{text}}")
+            raise ModelSpecError(f"model spec {self.name!r}: query_template must contain {{task}} and {{text}}")
         if self.pooling != "last":
-            raise QembedError(f"model spec {self.name!r}: only pooling = 'last' is supported, got {self.pooling!r}")
+            raise ModelSpecError(f"model spec {self.name!r}: only pooling = 'last' is supported, got {self.pooling!r}")
         if (self.hub_id is None) == (self.bundled is None):
-            raise QembedError(f"model spec {self.name!r}: exactly one of hub_id and bundled must be set")
+            raise ModelSpecError(f"model spec {self.name!r}: exactly one of hub_id and bundled must be set")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -86,14 +86,14 @@ class ModelSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise QembedError(f"{source}: unknown key(s) {', '.join(unknown)}")
+            raise ModelSpecError(f"{source}: unknown key(s) {', '.join(unknown)}")
         kwargs = dict(data)
         if "aliases" in kwargs:
             kwargs["aliases"] = tuple(kwargs["aliases"])
         try:
             return cls(**kwargs)
         except TypeError as exc:  # a missing required key
-            raise QembedError(f"{source}: {exc}") from None
+            raise ModelSpecError(f"{source}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -135,7 +135,7 @@ def family_spec() -> ModelSpec:
     hub = [s for s in all_specs() if s.hub_id]
     facts = {(s.query_template, s.default_task, s.mrl_min_dim) for s in hub}
     if len(facts) != 1:
-        raise QembedError(f"model specs disagree on the family defaults: {sorted(facts)}")
+        raise ModelSpecError(f"model specs disagree on the family defaults: {sorted(facts)}")
     return hub[0]
 
 

@@ -30,7 +30,7 @@ from typing import Sequence
 import gguf
 import numpy as np
 
-from .errors import BackendError, ModelLoadError
+from .errors import BackendError, InputError, ModelLoadError
 
 __all__ = ["LlamaRuntime", "set_llama_verbosity"]
 
@@ -297,7 +297,7 @@ class LlamaRuntime:
         if n_tokens <= self.n_ctx:
             return
         if n_tokens > self.max_ctx:
-            raise ValueError(f"{n_tokens} tokens do not fit the largest context ({self.max_ctx})")
+            raise InputError(f"{n_tokens} tokens do not fit the largest context ({self.max_ctx})")
         target = self.n_ctx or 256
         while target < n_tokens:
             target *= 2
@@ -369,7 +369,7 @@ class LlamaRuntime:
         lengths = [len(s) for s in sequences]
         total = sum(lengths)
         if not sequences or len(sequences) > self.n_seq_max or total > self.max_ctx or min(lengths) < 1:
-            raise ValueError(f"batch of {len(sequences)} sequences / {total} tokens does not fit "
+            raise InputError(f"batch of {len(sequences)} sequences / {total} tokens does not fit "
                              f"n_seq_max={self.n_seq_max}, n_ctx={self.max_ctx}")
         self.reserve(total)
         if total > self._capacity:

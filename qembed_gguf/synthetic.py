@@ -21,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .errors import InputError
 from .registry import ModelSpec
 
 __all__ = ["Qwen3Shape", "SHAPES", "qwen3_config", "tensor_specs", "write_checkpoint", "write_safetensors"]
@@ -176,7 +177,7 @@ def write_checkpoint(
     tokenizer = json.loads((tokenizer_from / "tokenizer.json").read_text("utf-8"))
     ids = [*tokenizer["model"]["vocab"].values(), *(t["id"] for t in tokenizer["added_tokens"])]
     if shape.vocab <= max(ids):
-        raise ValueError(f"shape.vocab={shape.vocab} is smaller than the tokenizer's {max(ids) + 1} tokens")
+        raise InputError(f"shape.vocab={shape.vocab} is smaller than the tokenizer's {max(ids) + 1} tokens")
     eos_id = next(t["id"] for t in tokenizer["added_tokens"] if t["content"] == "<|endoftext|>")
 
     config = qwen3_config(shape, eos_token_id=eos_id)

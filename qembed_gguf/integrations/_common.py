@@ -6,7 +6,7 @@ import os
 from typing import Any, Union
 
 from ..embedder import Embedder
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
 
 __all__ = ["ModelArg", "EmbedderLifetime", "open_embedder", "check_texts", "check_text"]
 
@@ -44,14 +44,14 @@ def open_embedder(model: ModelArg, *, dim: int | None, task: str | None,
 def check_texts(texts: Any) -> list[str]:
     """A list of documents; a bare string is refused (it is one text, not a list of them)."""
     if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings, got a single str; wrap it in a list")
+        raise InputTypeError("texts must be a list of strings, got a single str; wrap it in a list")
     return list(texts)
 
 
 def check_text(text: Any) -> str:
     """One query text."""
     if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+        raise InputTypeError(f"text must be a str, got {type(text).__name__}")
     return text
 
 

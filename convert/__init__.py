@@ -26,7 +26,9 @@ from .metadata import ModelInfo, write_metadata
 from .quantize import OUTTYPES, OutType, choose_type, encode_rows, get_outtype, llama_quantize
 from .source import Source, resolve_source
 from .tokenizer import read_vocab
-from .writer import TensorOut, atomic_output, temporary_path, write_gguf
+from qembed_gguf.atomic import temporary_path
+
+from .writer import TensorOut, atomic_output, write_gguf
 
 __all__ = ["convert", "OUTTYPES", "default_outfile"]
 

@@ -11,17 +11,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import gguf
 import numpy as np
 
+from qembed_gguf.atomic import atomic_path
 from qembed_gguf.errors import ConversionError, OutputExistsError
 
-__all__ = ["TensorOut", "atomic_output", "temporary_path", "write_gguf"]
+__all__ = ["TensorOut", "atomic_output", "write_gguf"]
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +42,6 @@ class TensorOut:
         return n // block * type_size
 
 
-def default_file_mode() -> int:
-    """The mode ``open()`` would give a new file under the current umask."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-@contextlib.contextmanager
-def temporary_path(folder: Path, name: str) -> Iterator[Path]:
-    """A fresh hidden file path in ``folder`` that is removed on exit, whatever happens."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
-    os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; the output is an ordinary file
-    os.close(fd)
-    path = Path(tmp)
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
 @contextlib.contextmanager
 def atomic_output(final: Path, *, force: bool) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; on success fsync it and rename it to ``final``.
@@ -77,13 +55,8 @@ def atomic_output(final: Path, *, force: bool) -> Iterator[Path]:
         raise OutputExistsError(f"output {final} already exists; pass --force (force=True) to overwrite it")
     if not final.parent.is_dir():
         raise ConversionError(f"output folder {final.parent} does not exist")
-    with temporary_path(final.parent, final.name) as tmp:
+    with atomic_path(final, overwrite=force) as tmp:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        if final.exists() and not force:  # appeared while we were working
-            raise OutputExistsError(f"output {final} appeared during conversion; not overwriting it")
-        os.replace(tmp, final)
 
 
 def write_gguf(

@@ -377,11 +377,6 @@ class Embedder:
         """The vector cache bound to this model and its settings, or None."""
         return self._cache
 
-    @property
-    def model_info(self) -> GGUFInfo:
-        """What ``qembed-gguf info`` prints about the model file."""
-        return self.info
-
     # -- tokens -----------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids as the official tokenizer gives them: NFC first (its tokenizer.json normaliser;

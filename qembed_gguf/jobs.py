@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -30,7 +29,8 @@ from typing import IO, Any, Callable, Iterator
 import numpy as np
 
 from .errors import InputError, OutputExistsError
-from .jobio import NO_ID, atomic_file, fsync_dir, ids_path, input_format, iter_records
+from .atomic import atomic_file, fsync_dir, temporary_path
+from .jobio import NO_ID, ids_path, input_format, iter_records
 
 __all__ = ["JobSettings", "JobResult", "run_embed_job", "job_dir"]
 
@@ -81,14 +81,10 @@ SPOOL_CHUNK = 1 << 20
 def _spooled(stdin: IO[bytes], folder: Path, name: str) -> Iterator[Path]:
     """Standard input copied, 1 MiB at a time, into a hidden file of ``folder`` (removed on exit):
     a pipe cannot be read twice, and holding it in memory would not scale with the input."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".stdin.partial", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    with temporary_path(folder, name, ".stdin.partial") as copy:
+        with open(copy, "wb") as fh:
             shutil.copyfileobj(stdin, fh, SPOOL_CHUNK)
-        yield Path(tmp)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        yield copy
 
 
 def _open_input(path: str, stdin: IO[bytes] | None, spool: contextlib.ExitStack,

@@ -248,7 +248,6 @@ class LlamaRuntime:
             self.vocab = llama_cpp.llama_model_get_vocab(self.model)
             self.n_embd = llama_cpp.llama_model_n_embd(self.model)
             self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-            self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
             self.n_seq_max = max(1, min(n_seq_max, llama_cpp.llama_max_parallel_sequences()))
             self._tap = _ResultNormTap(_ggml_base(), self.n_embd, self.n_seq_max)
             cparams = llama_cpp.llama_context_default_params()
@@ -332,18 +331,7 @@ class LlamaRuntime:
         batch.logits = self._logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
         self._batch = batch
 
-    # -- metadata and tokens --------------------------------------------------------------------
-    def meta(self, key: str) -> str | None:
-        """A GGUF metadata value as llama.cpp renders it, or None when absent."""
-        buf = ctypes.create_string_buffer(4096)
-        n = self._llama.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
-        if n < 0:
-            return None
-        if n >= len(buf):
-            buf = ctypes.create_string_buffer(n + 1)
-            self._llama.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", errors="replace")
-
+    # -- tokens ---------------------------------------------------------------------------------
     def tokenize(self, text: str, *, parse_special: bool = False) -> list[int]:
         """Token ids of ``text``: no BOS/EOS added, special-token text NOT parsed (user text stays text)."""
         data = text.encode("utf-8")

@@ -17,7 +17,7 @@ from qembed_gguf import Embedder
 from qembed_gguf.batching import plan_batches
 from qembed_gguf.cli import main
 from qembed_gguf.errors import InputError
-from qembed_gguf.jobio import parse_jsonl, parse_txt
+from qembed_gguf.jobio import NO_ID, iter_jsonl, iter_txt
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +101,18 @@ def test_demo_prints_what_a_user_needs():
 
 
 def test_parsers():
-    assert parse_txt(b"a\r\nb\n\nc").texts == ["a", "b", "", "c"]
-    assert parse_txt(b"").texts == []
-    job = parse_jsonl(b'{"t": "x", "id": 3}\n\n{"t": "y", "id": [1]}\n', field="t")
-    assert job.texts == ["x", "y"] and job.ids == [3, [1]]
+    import io
+
+    def txt(data: bytes) -> list[str]:
+        return [t for _, t, _ in iter_txt(io.BytesIO(data))]
+
+    assert txt(b"a\r\nb\n\nc") == ["a", "b", "", "c"]
+    assert txt(b"") == []
+    records = list(iter_jsonl(io.BytesIO(b'{"t": "x", "id": 3}\n\n{"t": "y", "id": [1]}\n'), field="t"))
+    assert records == [(1, "x", 3), (3, "y", [1])]  # line numbers count the blank line
+    assert [i for _, _, i in iter_txt(io.BytesIO(b"a\n"))] == [NO_ID]
     with pytest.raises(InputError, match="line 1"):
-        parse_txt(b"\xc3\x28")
+        txt(b"\xc3\x28")
 
 
 def test_plan_batches():
@@ -121,15 +127,28 @@ def test_plan_batches():
 
 
 def test_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path):
-    from qembed_gguf.convert.writer import temporary_path
-    from qembed_gguf.jobio import write_npy_atomic
+    from qembed_gguf.atomic import atomic_file, temporary_path
 
     old = os.umask(0o027)
     try:
-        write_npy_atomic(tmp_path / "x.npy", np.zeros((2, 3), dtype=np.float32))
+        with atomic_file(tmp_path / "x.npy") as fh:
+            np.save(fh, np.zeros((2, 3), dtype=np.float32))
         with temporary_path(tmp_path, "m.gguf") as p:
             mode = p.stat().st_mode & 0o777
     finally:
         os.umask(old)
     assert (tmp_path / "x.npy").stat().st_mode & 0o777 == 0o640
     assert mode == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
+def test_an_atomic_file_that_fails_leaves_nothing(tmp_path):
+    from qembed_gguf.atomic import atomic_file
+
+    (tmp_path / "keep.npy").write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(tmp_path / "keep.npy") as fh:
+            fh.write(b"half")
+            raise RuntimeError("interrupted")
+    assert (tmp_path / "keep.npy").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.npy"]

@@ -21,43 +21,29 @@ import logging
 import os
 import threading
 import unicodedata
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from . import keys, registry
 from .batching import plan_batches
 from .cache import RECIPE_VERSION, EmbeddingCache, VectorCache, open_cache
 from .errors import InputError, InputTooLongError, InputTypeError, ModelLoadError
-from .fileinfo import GGUFInfo, read_gguf_info
+from .facts import ModelFacts
+from .fileinfo import read_gguf_info
 from .devices import gpu_free_bytes, gpu_offload_supported
 from .gguf_check import check_gguf, content_fingerprint, require_integrity
-from .gpuplan import ModelGeometry, Plan, check_gpu_request, resolve_gpu_layers
+from .gpuplan import KV_CACHE_TYPES, ModelGeometry, Plan, check_gpu_request, resolve_gpu_layers
 from .modelcache import resolve_model
 from .postprocess import PRECISIONS, check_finite, l2_normalize, quantize_embeddings, truncate_dim
 from .runtime import LlamaRuntime, default_repack
-from .validate import check_int, check_text
+from .validate import (MAX_SEQUENCES, MAX_THREADS, check_int, check_text, check_texts, check_token_lists,
+                       context_sizes)
 
 __all__ = ["Embedder", "ModelFacts", "EmbedderStats"]
 
 log = logging.getLogger(__name__)
 
 POOLING_TOKEN = "<|endoftext|>"
-DEFAULT_MAX_TOKENS = 8192
-KV_CACHE_TYPES = {"f16": 1, "f32": 0, "q8_0": 8}  # ggml_type ids
-MAX_SEQUENCES = 256   # llama.cpp's LLAMA_MAX_SEQ: sequences of one context
-MAX_THREADS = 512     # ggml's GGML_MAX_N_THREADS
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelFacts:
-    """What the Embedder uses from the file, with the registry as fallback."""
-
-    dim: int
-    mrl_min_dim: int
-    query_template: str
-    default_task: str
-    context: int
 
 
 @dataclasses.dataclass
@@ -78,48 +64,6 @@ class EmbedderStats:
                 setattr(self, name, getattr(self, name) + n)
 
 
-def _facts(info: GGUFInfo) -> ModelFacts:
-    family = registry.family_spec()
-    dim = info.dim
-    if not isinstance(dim, int) or dim <= 0:
-        raise ModelLoadError(f"{info.path}: no valid embedding_length in the GGUF metadata")
-    template = info.get(keys.QUERY_TEMPLATE) or family.query_template
-    if "{task}" not in template or "{text}" not in template:
-        log.warning("%s: qembed.query_template %r lacks {task}/{text}; using the registry's", info.path, template)
-        template = family.query_template
-    return ModelFacts(
-        dim=dim,
-        mrl_min_dim=min(info.get(keys.MRL_MIN_DIM) or family.mrl_min_dim, dim),
-        query_template=template,
-        default_task=info.get(keys.DEFAULT_TASK) or family.default_task,
-        context=info.arch_key("context_length") or family.context,
-    )
-
-
-def context_sizes(*, max_tokens: int | None, n_ctx: int | None, n_ubatch: int, trained: int) -> tuple[int, int, int]:
-    """``(max_tokens, n_ctx, n_ubatch)`` after defaults and bounds, or :class:`InputError`.
-
-    Every bound is one a setting could otherwise break silently or expensively: an input longer
-    than the model's trained context (``trained``, ``{arch}.context_length``) runs on positions
-    the model never saw, and a context above it only serves packing, which the measurements
-    found slower than ``n_ubatch``-token calls. So ``max_tokens <= n_ctx <= trained`` and
-    ``n_ubatch <= n_ctx`` (a larger micro-batch is clamped to the context). Memory follows what is
-    used, not these bounds: the KV cache starts at ``n_ubatch`` tokens and grows on demand.
-    """
-    limit = "the model's trained context (its context_length) in tokens"
-    if max_tokens is None:
-        max_tokens = min(DEFAULT_MAX_TOKENS, trained)
-    max_tokens = check_int("max_tokens", max_tokens, hi=trained, why=limit)
-    n_ubatch = check_int("n_ubatch", n_ubatch)
-    if n_ctx is None:
-        n_ctx = min(max(max_tokens, n_ubatch), trained)
-    n_ctx = check_int("n_ctx", n_ctx, hi=trained, why=limit)
-    if n_ctx < max_tokens:
-        raise InputError(f"n_ctx ({n_ctx}) must be >= max_tokens ({max_tokens}): every input must fit one decode "
-                         f"batch")
-    return max_tokens, n_ctx, min(n_ubatch, n_ctx)
-
-
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask: a container's limit, taskset), else all."""
     try:
@@ -128,42 +72,8 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _check_token_lists(inputs: Sequence[Sequence[int]], n_vocab: int) -> list[list[int]]:
-    """Validate token-id inputs: non-empty lists of ints in ``[0, n_vocab)``; errors name the input."""
-    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
-        raise InputTypeError(f"token inputs must be a sequence of token-id lists, got {type(inputs).__name__}")
-    out = []
-    for i, seq in enumerate(inputs):
-        if isinstance(seq, np.ndarray) and seq.ndim == 1 and np.issubdtype(seq.dtype, np.integer):
-            seq = seq.tolist()
-        if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
-            raise InputTypeError(f"tokens[{i}] is {type(seq).__name__}, not a list of token ids")
-        if not seq:
-            raise InputError(f"tokens[{i}] is empty")
-        for j, t in enumerate(seq):
-            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-                raise InputTypeError(f"tokens[{i}][{j}] is {type(t).__name__}, not an integer token id")
-            if not 0 <= t < n_vocab:
-                raise InputError(f"tokens[{i}][{j}] = {t} is not a token id of this model (vocabulary: 0..{n_vocab - 1})")
-        out.append([int(t) for t in seq])
-    return out
-
-
 def _nfc(text: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFC", text)
-
-
-def _check_texts(texts: str | Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        return [check_text(texts, "texts", 0)]
-    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
-        raise InputTypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise InputTypeError(f"texts[{i}] is {type(t).__name__}, not str")
-        check_text(t, "texts", i)
-    return texts
 
 
 class Embedder:
@@ -259,7 +169,7 @@ class Embedder:
         if verify:
             require_integrity(self.path)
         self.info = read_gguf_info(self.path, header=header)  # the header check_gguf already walked
-        self.facts = _facts(self.info)
+        self.facts = ModelFacts.from_info(self.info)
         for problem in self.info.problems():
             log.warning("%s: %s — corrected at run time (pooling LAST forced, <|endoftext|> appended)",
                         self.path.name, problem)
@@ -274,12 +184,12 @@ class Embedder:
             raise InputError(f"flash_attn must be True, False or None, got {flash_attn!r}")
         if kv_cache_type not in KV_CACHE_TYPES:
             raise InputError(f"kv_cache_type must be one of {', '.join(KV_CACHE_TYPES)}, got {kv_cache_type!r}")
-        if KV_CACHE_TYPES[kv_cache_type] not in (0, 1) and flash_attn is False:
+        if kv_cache_type not in ("f16", "f32") and flash_attn is False:
             raise InputError(f"kv_cache_type={kv_cache_type!r} needs flash_attn (llama.cpp cannot use a "
                              f"quantized V cache without it)")
         self.normalize = bool(normalize)
         self.truncate = bool(truncate)
-        self._dim = self._check_dim(dim)
+        self._dim = self.check_dim(dim)
 
         offload = gpu_offload_supported()
         decision = resolve_gpu_layers(
@@ -300,7 +210,7 @@ class Embedder:
         self._runtime = LlamaRuntime(
             self.path, n_ctx=self._n_ctx, n_ubatch=self._n_ubatch, n_seq_max=max_batch_sequences,
             n_threads=n_threads or usable_cpus(), n_gpu_layers=self.n_gpu_layers, flash_attn=flash_attn,
-            kv_type=KV_CACHE_TYPES[kv_cache_type], use_mmap=use_mmap, repack=self.repack, initial_ctx=self._n_ubatch,
+            kv_type=int(KV_CACHE_TYPES[kv_cache_type]), use_mmap=use_mmap, repack=self.repack, initial_ctx=self._n_ubatch,
             verbose=verbose)
         eos = self._runtime.special_token_id(POOLING_TOKEN)
         if eos is None:
@@ -321,12 +231,9 @@ class Embedder:
             self.close()
             raise
 
-    # -- validation helpers -----------------------------------------------------------------------
-    @staticmethod
-    def _check_positive(name: str, value) -> int:
-        return check_int(name, value)
-
-    def _check_dim(self, dim: int | None) -> int | None:
+    # -- validation -------------------------------------------------------------------------------
+    def check_dim(self, dim: int | None) -> int | None:
+        """``dim`` if it is None or in this model's Matryoshka range ``[mrl_min_dim, dim]``; else InputError."""
         if dim is None:
             return None
         lo, hi = self.facts.mrl_min_dim, self.facts.dim
@@ -387,7 +294,7 @@ class Embedder:
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         """Tokens each input takes, the pooling token included (before any truncation)."""
-        return [len(ids) for ids in self._tokenize(_check_texts(texts))]
+        return [len(ids) for ids in self._tokenize(check_texts(texts))]
 
     def format_query(self, text: str, task: str | None = None) -> str:
         """``text`` as a query with ``task`` (default: the model's) in the model's query template."""
@@ -415,7 +322,7 @@ class Embedder:
         packing several inputs into one decode call, in ``[1, n_ctx]`` (default ``n_ubatch``, the
         fastest measured; a longer input is always decoded alone).
         """
-        items = _check_texts(texts)
+        items = check_texts(texts)
         if instruction is not None:
             items = [self.format_query(t, instruction) for t in items]
         return self._embed(items, dim=dim, normalize=normalize, batch_tokens=batch_tokens,
@@ -440,12 +347,12 @@ class Embedder:
 
     def prepare_tokens(self, inputs: Sequence[Sequence[int]]) -> list[list[int]]:
         """Validated token-id inputs, each ending with exactly one pooling token."""
-        sequences = _check_token_lists(inputs, self.n_vocab)
+        sequences = check_token_lists(inputs, self.n_vocab)
         return [s if s[-1] == self._eos else s + [self._eos] for s in sequences]
 
     def prepare_texts(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of ``texts`` (already formatted), each ending with the pooling token."""
-        return self._tokenize(_check_texts(texts))
+        return self._tokenize(check_texts(texts))
 
     def pool(self, sequences: list[list[int]], *, batch_tokens: int | None = None,
              max_seqs: int | None = None, show_progress: bool = False,
@@ -461,7 +368,7 @@ class Embedder:
         sequences are all cancelled is skipped. The server uses it to stop working for clients
         that disconnected.
         """
-        budget = self._n_ubatch if batch_tokens is None else self._check_positive("batch_tokens", batch_tokens)
+        budget = self._n_ubatch if batch_tokens is None else check_int("batch_tokens", batch_tokens)
         if budget > self._n_ctx:
             raise InputError(f"batch_tokens must be in [1, n_ctx={self._n_ctx}], got {budget}")
         pooled = np.empty((len(sequences), self.dim), dtype=np.float32)
@@ -505,7 +412,7 @@ class Embedder:
 
     def _finish(self, pooled: np.ndarray, *, dim: int | None, normalize: bool | None) -> np.ndarray:
         """Matryoshka truncation to ``dim``, then L2 normalisation (the defaults when None)."""
-        dim = self._check_dim(dim) if dim is not None else self._dim
+        dim = self.check_dim(dim) if dim is not None else self._dim
         normalize = self.normalize if normalize is None else normalize
         vectors = truncate_dim(pooled, dim)
         return l2_normalize(vectors) if normalize else np.ascontiguousarray(vectors, dtype=np.float32)
@@ -514,7 +421,7 @@ class Embedder:
                max_seqs: int | None, show_progress: bool) -> np.ndarray:
         """Embed model-ready texts: each distinct text is looked up in the cache (if any) and
         decoded at most once, however often it occurs in ``items``."""
-        dim = self._check_dim(dim) if dim is not None else self._dim
+        dim = self.check_dim(dim) if dim is not None else self._dim
         normalize = self.normalize if normalize is None else normalize
         out = np.empty((len(items), dim or self.dim), dtype=np.float32)
         if not items:
@@ -601,7 +508,7 @@ class Embedder:
         if prompt is not None and prompt_name is not None:
             raise InputError("give prompt or prompt_name, not both")
         single = isinstance(sentences, str)
-        items = _check_texts(sentences)
+        items = check_texts(sentences)
         if prompt_name == "query":
             prompt = self.format_query("")
         elif prompt_name not in (None, "document"):
@@ -612,7 +519,7 @@ class Embedder:
             check_text(prompt, "prompt")
             items = [prompt + t for t in items]
         vectors = self._embed(items, dim=truncate_dim, normalize=normalize_embeddings, batch_tokens=None,
-                              max_seqs=self._check_positive("batch_size", batch_size),
+                              max_seqs=check_int("batch_size", batch_size),
                               show_progress=bool(show_progress_bar))
         vectors = quantize_embeddings(vectors, precision)
         return vectors[0] if single else vectors

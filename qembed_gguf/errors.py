@@ -54,7 +54,27 @@ __all__ = [
 
 
 class QembedError(Exception):
-    """Base class of every error raised on purpose by qembed-gguf."""
+    """Base class of every error raised on purpose by qembed-gguf.
+
+    Errors pickle with their message and attributes (``path``, ``offset``, ``index`` …) although
+    several take keyword-only arguments, so they cross process boundaries (Ray workers,
+    multiprocessing) as themselves.
+    """
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.message = str(args[0]) if args else ""
+        """The message as raised (frameworks such as Ray Data append to ``args``; this stays)."""
+
+    def __reduce__(self):
+        return _restore, (type(self), self.args, dict(self.__dict__))
+
+
+def _restore(cls: type, args: tuple, state: dict) -> QembedError:
+    err = cls.__new__(cls, *args)  # no __init__: the message is already formatted
+    err.args = args
+    err.__dict__.update(state)
+    return err
 
 
 class ConversionError(QembedError, ValueError):

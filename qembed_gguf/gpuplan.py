@@ -41,7 +41,9 @@ __all__ = ["ModelGeometry", "Plan", "Usage", "GpuDecision", "MiB", "GiB", "parse
 
 MiB = 1 << 20
 GiB = 1 << 30
-KV_TYPES = {"f16": (2, 1), "f32": (4, 1), "q8_0": (34, 32)}  # bytes per block, values per block
+# the KV-cache types an Embedder offers, as ggml types (their sizes from gguf's quant tables)
+KV_CACHE_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "f32": gguf.GGMLQuantizationType.F32,
+                  "q8_0": gguf.GGMLQuantizationType.Q8_0}
 DEFAULT_OVERHEAD = 300 * MiB
 DEFAULT_MARGIN = 0.05
 COMPUTE_FIXED = 2 * MiB
@@ -157,9 +159,9 @@ class ModelGeometry:
 
 def kv_bytes_per_layer(geom: ModelGeometry, n_ctx: int, kv_type: str = "f16") -> int:
     """KV-cache bytes of one block for ``n_ctx`` cells (K and V)."""
-    if kv_type not in KV_TYPES:
-        raise InputError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
-    block_bytes, block_values = KV_TYPES[kv_type]
+    if kv_type not in KV_CACHE_TYPES:
+        raise InputError(f"kv_type must be one of {', '.join(KV_CACHE_TYPES)}, got {kv_type!r}")
+    block_values, block_bytes = gguf.GGML_QUANT_SIZES[KV_CACHE_TYPES[kv_type]]
     values = n_ctx * geom.n_head_kv * geom.head_dim
     return 2 * (-(-values // block_values)) * block_bytes
 

@@ -8,14 +8,18 @@ optional ``id``), or standard input. Every problem names the line. The outputs (
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from .errors import InputError
 from .validate import lone_surrogate
 
-__all__ = ["NO_ID", "iter_txt", "iter_jsonl", "iter_records", "input_format", "ids_path"]
+__all__ = ["NO_ID", "iter_txt", "iter_jsonl", "iter_records", "input_format", "open_input", "is_regular_file",
+           "ids_path"]
 
 
 def _decode(raw: bytes, lineno: int, source: str) -> str:
@@ -74,6 +78,33 @@ def input_format(path: str, fmt: str) -> str:
 def iter_records(fh: IO[bytes], *, fmt: str, field: str, source: str) -> Iterator[tuple[int, str, Any]]:
     """Stream an input's records from a binary file object (``fmt`` already resolved)."""
     return iter_jsonl(fh, field=field, source=source) if fmt == "jsonl" else iter_txt(fh, source=source)
+
+
+def is_regular_file(path: str) -> bool:
+    """Whether ``path`` names a regular file (which can be read twice), not ``-``, a pipe or a device."""
+    try:
+        return path != "-" and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def open_input(path: str, stdin: IO[bytes] | None = None) -> Iterator[tuple[IO[bytes], str]]:
+    """A job's input opened for one streaming pass: (binary file, its name for messages).
+
+    ``-`` is standard input (or ``stdin``); a FIFO or ``<(command)`` is read as the pipe it is.
+    """
+    if path == "-":
+        yield (stdin or os.fdopen(0, "rb", closefd=False)), "<stdin>"
+        return
+    if Path(path).is_dir():
+        raise InputError(f"{path}: is a folder, not an input file")
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read input ({exc.strerror})") from None
+    with fh:
+        yield fh, path
 
 
 def ids_path(out: Path) -> Path:

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 
 from .errors import InputError, OutputExistsError
 from .atomic import atomic_file, fsync_dir, temporary_path
-from .jobio import NO_ID, ids_path, input_format, iter_records
+from .jobio import NO_ID, ids_path, input_format, is_regular_file, iter_records, open_input
 
 __all__ = ["JobSettings", "JobResult", "run_embed_job", "job_dir"]
 
@@ -89,17 +88,15 @@ def _spooled(stdin: IO[bytes], folder: Path, name: str) -> Iterator[Path]:
 
 def _open_input(path: str, stdin: IO[bytes] | None, spool: contextlib.ExitStack,
                 out: Path) -> tuple[Callable[[], IO[bytes]], str]:
-    if path == "-":
-        copy = spool.enter_context(_spooled(stdin or os.fdopen(0, "rb", closefd=False), out.parent, out.name))
-        return (lambda: open(copy, "rb")), "<stdin>"
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"{path}: is a folder, not an input file")
-    try:
-        open(p, "rb").close()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read input ({exc.strerror})") from None
-    return (lambda: open(p, "rb")), path
+    """An opener of the input for each of the job's two passes, and its name for messages. A
+    regular file is opened twice; standard input, a FIFO or ``<(command)`` is spooled first."""
+    if is_regular_file(path):
+        with open_input(path):  # readable: an error now, not after the model has loaded
+            pass
+        return (lambda: open(path, "rb")), path
+    fh, source = spool.enter_context(open_input(path, stdin))
+    copy = spool.enter_context(_spooled(fh, out.parent, out.name))
+    return (lambda: open(copy, "rb")), source
 
 
 class _HashingReader:

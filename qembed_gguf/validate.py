@@ -6,21 +6,38 @@ what is wrong with it.
 
 from __future__ import annotations
 
+import math
+from typing import Iterable, Sequence
+
 import numpy as np
 
-from .errors import InputError, InvalidTextError
+from .errors import InputError, InputTypeError, InvalidTextError
 
-__all__ = ["check_int", "check_text", "lone_surrogate"]
+__all__ = ["check_int", "check_number", "check_text", "check_texts", "check_token_lists", "lone_surrogate",
+           "context_sizes", "DEFAULT_MAX_TOKENS", "MAX_SEQUENCES", "MAX_THREADS"]
+
+DEFAULT_MAX_TOKENS = 8192
+MAX_SEQUENCES = 256   # llama.cpp's LLAMA_MAX_SEQ: sequences of one context
+MAX_THREADS = 512     # ggml's GGML_MAX_N_THREADS
 
 
-def check_int(name: str, value, *, hi: int | None = None, why: str = "") -> int:
-    """``value`` as an int in ``[1, hi]``; else :class:`InputError` saying so (numpy ints accepted).
+def check_int(name: str, value, *, lo: int = 1, hi: int | None = None, why: str = "") -> int:
+    """``value`` as an int in ``[lo, hi]``; else :class:`InputError` saying so (numpy ints accepted).
     ``why`` names the upper bound, e.g. "ggml's GGML_MAX_N_THREADS"."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise InputError(f"{name} must be a positive integer, got {value!r}" if lo == 1 else
+                         f"{name} must be an integer >= {lo}, got {value!r}")
     if hi is not None and value > hi:
         raise InputError(f"{name}={value} is more than {why or 'the limit'}, {hi}")
     return int(value)
+
+
+def check_number(name: str, value, *, positive: bool) -> float:
+    """A finite, non-negative (``positive``: > 0) int or float; else :class:`InputError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+            not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise InputError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+    return value
 
 
 def lone_surrogate(text: str) -> int | None:
@@ -44,3 +61,63 @@ def check_text(text: str, what: str, index: int | None = None) -> str:
     raise InvalidTextError(
         f"{where} holds a lone surrogate {text[at]!r} at character {at}: it is not valid Unicode text (decode the "
         f"source bytes with errors='replace', or fix the escape)", what=what, index=index, position=at)
+
+
+def check_texts(texts: str | Sequence[str]) -> list[str]:
+    """``texts`` (one string, or an iterable of them) as a list; a non-string item is an
+    :class:`InputTypeError` and a lone surrogate an :class:`InvalidTextError`, naming the index."""
+    if isinstance(texts, str):
+        return [check_text(texts, "texts", 0)]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+        raise InputTypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InputTypeError(f"texts[{i}] is {type(t).__name__}, not str")
+        check_text(t, "texts", i)
+    return texts
+
+
+def check_token_lists(inputs: Sequence[Sequence[int]], n_vocab: int) -> list[list[int]]:
+    """Validate token-id inputs: non-empty lists of ints in ``[0, n_vocab)``; errors name the input."""
+    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
+        raise InputTypeError(f"token inputs must be a sequence of token-id lists, got {type(inputs).__name__}")
+    out = []
+    for i, seq in enumerate(inputs):
+        if isinstance(seq, np.ndarray) and seq.ndim == 1 and np.issubdtype(seq.dtype, np.integer):
+            seq = seq.tolist()
+        if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
+            raise InputTypeError(f"tokens[{i}] is {type(seq).__name__}, not a list of token ids")
+        if not seq:
+            raise InputError(f"tokens[{i}] is empty")
+        for j, t in enumerate(seq):
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise InputTypeError(f"tokens[{i}][{j}] is {type(t).__name__}, not an integer token id")
+            if not 0 <= t < n_vocab:
+                raise InputError(f"tokens[{i}][{j}] = {t} is not a token id of this model (vocabulary: 0..{n_vocab - 1})")
+        out.append([int(t) for t in seq])
+    return out
+
+
+def context_sizes(*, max_tokens: int | None, n_ctx: int | None, n_ubatch: int, trained: int) -> tuple[int, int, int]:
+    """``(max_tokens, n_ctx, n_ubatch)`` after defaults and bounds, or :class:`InputError`.
+
+    Every bound is one a setting could otherwise break silently or expensively: an input longer
+    than the model's trained context (``trained``, ``{arch}.context_length``) runs on positions
+    the model never saw, and a context above it only serves packing, which the measurements
+    found slower than ``n_ubatch``-token calls. So ``max_tokens <= n_ctx <= trained`` and
+    ``n_ubatch <= n_ctx`` (a larger micro-batch is clamped to the context). Memory follows what is
+    used, not these bounds: the KV cache starts at ``n_ubatch`` tokens and grows on demand.
+    """
+    limit = "the model's trained context (its context_length) in tokens"
+    if max_tokens is None:
+        max_tokens = min(DEFAULT_MAX_TOKENS, trained)
+    max_tokens = check_int("max_tokens", max_tokens, hi=trained, why=limit)
+    n_ubatch = check_int("n_ubatch", n_ubatch)
+    if n_ctx is None:
+        n_ctx = min(max(max_tokens, n_ubatch), trained)
+    n_ctx = check_int("n_ctx", n_ctx, hi=trained, why=limit)
+    if n_ctx < max_tokens:
+        raise InputError(f"n_ctx ({n_ctx}) must be >= max_tokens ({max_tokens}): every input must fit one decode "
+                         f"batch")
+    return max_tokens, n_ctx, min(n_ubatch, n_ctx)

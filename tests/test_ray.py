@@ -26,7 +26,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from qembed_gguf import Embedder  # noqa: E402
 from qembed_gguf.cli import main  # noqa: E402
-from qembed_gguf.errors import InputError, ModelLoadError, OutputExistsError  # noqa: E402
+from qembed_gguf.errors import InputError, InputTooLongError, ModelLoadError, OutputExistsError  # noqa: E402
 from qembed_gguf.integrations.ray import (  # noqa: E402
     embed_dataset,
     read_corpus,
@@ -339,6 +339,20 @@ def test_a_null_text_fails_the_job_naming_the_row(cluster, gguf, tmp_path):
     out = embed_dataset(ray.data.from_arrow(table), gguf, concurrency=1, batch_size=4)
     with pytest.raises(InputError, match=r"the row with id=12 has no text: column 'text' is null .*Ray worker"):
         write_embeddings(out, tmp_path / "out")
+
+
+def test_a_worker_error_arrives_as_itself_with_its_attributes(cluster, gguf, tmp_path):
+    """Errors pickle, and Ray Data raises them unwrapped: the driver gets the worker's exception
+    object (InputTooLongError with .index and .n_tokens), not a copy rebuilt from its text."""
+    texts = ["short", "a much longer text " * 20, "short too"]
+    out = embed_dataset(ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)]), gguf,
+                        concurrency=1, embedder_kwargs={"max_tokens": 8, "truncate": False})
+    with pytest.raises(InputTooLongError, match=r"input 1 has \d+ tokens, more than max_tokens=8 .*\(raised in a Ray "
+                                                r"worker\)$") as info:
+        write_embeddings(out, tmp_path / "out")
+    with Embedder(gguf) as e:
+        n = e.count_tokens(texts[1])[0]
+    assert (info.value.index, info.value.n_tokens, info.value.max_tokens) == (1, n, 8)
 
 
 def test_a_model_missing_on_the_workers_fails_the_job_with_its_error(cluster, tmp_path):

@@ -33,7 +33,7 @@ def open_embedder(model: ModelArg, *, dim: int | None, task: str | None,
     else:
         embedder, owned = Embedder(model, **embedder_kwargs), True
     try:
-        embedder._check_dim(dim)  # the Embedder's own rule, so both name the same range
+        embedder.check_dim(dim)  # the Embedder's own rule, so both name the same range
     except InputError:
         if owned:
             embedder.close()

@@ -56,7 +56,7 @@ class JobSettings:
 @dataclasses.dataclass(frozen=True)
 class JobResult:
     n_texts: int              # rows of the output
-    n_tokens: int             # tokens embedded by this run (resumed chunks excluded)
+    n_tokens: int             # tokens the model decoded in this run (resumed chunks, repeats and cache hits excluded)
     dim: int
     seconds: float            # embedding time of this run
     resumed_chunks: int       # chunks an interrupted run had already done
@@ -230,8 +230,9 @@ def _run(embedder, opener: Callable[[], IO[bytes]], source: str, fmt: str, out: 
                     texts = [t for _, t, _ in chunk]
                     if instruction is not None:
                         texts = [e.format_query(t, instruction) for t in texts]
+                    decoded = e.stats.tokens_decoded  # the model's own count: no second tokenization
                     vectors = e.embed(texts, dim=settings.dim, batch_tokens=settings.batch_tokens)
-                    n_tokens += sum(e.count_tokens(texts))
+                    n_tokens += e.stats.tokens_decoded - decoded
                     n_embedded += rows
                     if has_ids:
                         with atomic_file(folder / f"chunk-{k:06d}.ids.json") as fid:

@@ -114,28 +114,50 @@ def convert(ctx, src, outtype, outfile, force, revision, threads, quiet):
 def info(ctx, file, as_json):
     """Show what a GGUF file holds and whether it is right for Qwen3 embeddings.
 
-    Exits with 3 when the file lacks something correct embeddings need.
+    The file is validated as the Embedder and `verify` validate it (check_gguf). Exits with 1 when
+    it is refused (the error names the field and byte offset; with --json it is the "error"
+    object), and with 3 when it is well-formed but lacks something correct embeddings need.
     """
+    import math
+
+    from .errors import ModelLoadError
     from .fileinfo import read_gguf_info
+    from .gguf_check import check_gguf, read_header
     from .report import render_info
 
     _setup_logging(ctx.obj["verbose"], quiet=True)
-    gi = read_gguf_info(file)
+    try:
+        header, refusal = check_gguf(file), None
+    except ModelLoadError as exc:  # refused: still describe the file if its header parses at all
+        header, refusal = read_header(file), exc
+    gi = read_gguf_info(file, header=header)
     problems = gi.problems()
     sealed = isinstance(gi.get(keys.INTEGRITY), str)
     if as_json:
-        meta = {k: (v if isinstance(v, (str, int, float, bool)) or v is None else repr(v))
-                for k, v in gi.metadata.items() if not k.startswith("tokenizer.ggml.") or not hasattr(v, "__len__")}
+        def plain(v):  # JSON has no NaN or infinity; a crafted file may hold them
+            if isinstance(v, float) and not math.isfinite(v):
+                return repr(v)
+            return v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
+
+        meta = {k: plain(v) for k, v in gi.metadata.items()
+                if not k.startswith("tokenizer.ggml.") or not hasattr(v, "__len__")}
+        error = None if refusal is None else {
+            "type": type(refusal).__name__, "message": str(refusal), "field": getattr(refusal, "field", None),
+            "offset": getattr(refusal, "offset", None)}
         click.echo(json.dumps({
-            "path": str(gi.path), "file_size": gi.file_size, "architecture": gi.architecture, "dim": gi.dim,
-            "layers": gi.layers, "pooling": gi.pooling, "eos_token": gi.eos_token, "file_type": gi.file_type,
-            "bits_per_weight": round(gi.bits_per_weight, 4), "type_mix": gi.type_mix, "problems": problems,
-            "sealed": sealed, "metadata": meta,
+            "path": str(gi.path), "file_size": gi.file_size, "architecture": plain(gi.architecture),
+            "dim": plain(gi.dim), "layers": plain(gi.layers), "pooling": gi.pooling, "eos_token": gi.eos_token,
+            "file_type": gi.file_type, "bits_per_weight": round(gi.bits_per_weight, 4), "type_mix": gi.type_mix,
+            "valid": refusal is None, "error": error, "problems": problems, "sealed": sealed, "metadata": meta,
         }, indent=2))
+        if refusal is not None:
+            sys.exit(1)
     else:
-        click.echo(render_info(gi))
+        click.echo(render_info(gi, refusal=refusal))
         click.echo("integrity: " + ("sealed (qembed-gguf verify FILE checks every byte)" if sealed else
                                     "no seal (not written by qembed-gguf convert; cannot be verified)"))
+        if refusal is not None:
+            raise refusal  # one line on stderr, exit 1 (_library_errors)
     if problems:
         sys.exit(3)
 
@@ -147,8 +169,9 @@ def info(ctx, file, as_json):
 def verify(ctx, file):
     """Check a GGUF file: its header and Qwen3 layout, then every byte against its integrity seal.
 
-    Exits with 0 when all is well, 1 when the file is malformed or does not match its seal, and 3
-    when it is well-formed but carries no seal (not written by qembed-gguf convert).
+    Exits with 0 when all is well, 1 when the file is malformed, refused (the error names the field
+    and byte offset; a FIFO or device is refused unread) or does not match its seal, and 3 when it
+    is well-formed but carries no seal (not written by qembed-gguf convert).
     """
     import time
 
@@ -296,11 +319,13 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
         if bar is not None:
             bar.close()
     if not quiet:
-        rate = result.n_texts / result.seconds if result.seconds > 0 else float("inf")
-        resumed = f"; resumed: {result.resumed_chunks} chunk(s) were already done" if result.resumed_chunks else ""
-        click.echo(f"{result.n_texts} texts → {out} ({result.dim} dims, {precision}); {result.n_tokens} tokens "
-                   f"in {result.seconds:.2f} s: {rate:.1f} docs/s, "
-                   f"{result.n_tokens / result.seconds if result.seconds > 0 else 0:.0f} tokens/s{resumed}", err=True)
+        # rates count only what this run embedded: a resumed job's earlier chunks took no time now
+        resumed = (f" ({result.n_texts - result.n_embedded} of them done by an interrupted run: "
+                   f"{result.resumed_chunks} chunk(s) resumed)" if result.resumed_chunks else "")
+        click.echo(f"{result.n_texts} texts → {out} ({result.dim} dims, {precision}){resumed}; embedded "
+                   f"{result.n_embedded} texts, {result.n_tokens} tokens in {result.seconds:.2f} s: "
+                   f"{result.texts_per_second:.1f} docs/s, "
+                   f"{result.n_tokens / result.seconds if result.seconds > 0 else 0:.0f} tokens/s", err=True)
 
 
 @main.command()
@@ -320,8 +345,20 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
               help="Largest request body, MiB.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Inputs waiting before requests get 429.")
+@click.option("--max-request-tokens", type=click.IntRange(min=1), default=300_000, show_default=True,
+              help="Tokens of all inputs of one request together (OpenAI's limit).")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="How long a batch waits for requests still arriving.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="A Host name to answer, any port (repeatable; '*' = any). Default: loopback names when bound "
+                   "to loopback, any name otherwise.")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="A web origin allowed to call the API from a browser, e.g. http://localhost:3000 (repeatable; "
+                   "'*' = any). Default: none.")
+@click.option("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a request body may take to arrive (then 408).")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds a shutdown lets accepted requests finish before cancelling them (503).")
 @click.option("--flash-attn/--no-flash-attn", default=True, show_default=True,
               help="Flash attention (faster; off: vectors vary less with what shares their batch).")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
@@ -330,7 +367,8 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
 @click.pass_context
 @_library_errors
 def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, truncate, max_inputs, max_body_mb,
-          max_queue, batch_wait_ms, flash_attn, threads, n_gpu_layers, vram):
+          max_queue, max_request_tokens, batch_wait_ms, allowed_hosts, cors_origins, read_timeout, shutdown_timeout,
+          flash_attn, threads, n_gpu_layers, vram):
     """Serve MODEL as an OpenAI-compatible embeddings API (/v1/embeddings, /v1/models, /health).
 
     \b
@@ -342,7 +380,7 @@ def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, 
     from pathlib import Path
 
     try:
-        from .server import Limits, ServerConfig, run
+        from .server import Limits, ServerConfig, ServerStartError, run
     except ImportError as e:
         raise click.ClickException(str(e)) from None
     from .embedder import Embedder
@@ -351,13 +389,19 @@ def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, 
     names = tuple(model_names) or (Path(model).stem if model.endswith(".gguf") else model,)
     try:  # the configuration is checked before the model loads
         config = ServerConfig(model_names=names, api_key=api_key or None, truncate=truncate,
-                              limits=Limits(max_inputs=max_inputs, max_body_bytes=int(max_body_mb * (1 << 20))),
-                              max_wait_ms=batch_wait_ms, max_queue_inputs=max_queue)
+                              limits=Limits(max_inputs=max_inputs, max_body_bytes=int(max_body_mb * (1 << 20)),
+                                            max_request_tokens=max_request_tokens),
+                              max_wait_ms=batch_wait_ms, max_queue_inputs=max_queue, allowed_hosts=allowed_hosts,
+                              cors_origins=cors_origins, read_timeout_s=read_timeout,
+                              shutdown_timeout_s=shutdown_timeout)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     embedder = Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, vram_budget=vram,
                         max_tokens=max_tokens, flash_attn=flash_attn, cache=cache_spec)
-    run(embedder, config, host=host, port=port, log_level="debug" if ctx.obj["verbose"] > 1 else "info")
+    try:
+        run(embedder, config, host=host, port=port, log_level="debug" if ctx.obj["verbose"] > 1 else "info")
+    except ServerStartError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @main.command()

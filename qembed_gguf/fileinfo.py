@@ -22,7 +22,7 @@ import numpy as np
 
 from . import keys
 from .errors import ModelLoadError
-from .gguf_check import _SCALAR, _STRING, _U64, ArrayValue, GGUFHeader, read_header
+from .gguf_check import _SCALAR, _STRING, _U64, ArrayValue, GGUFHeader, open_regular, read_header
 
 __all__ = ["GGUFInfo", "TensorInfo", "read_gguf_info"]
 
@@ -67,15 +67,18 @@ class GGUFInfo:
     @property
     def pooling(self) -> str:
         value = self.arch_key("pooling_type")
-        return POOLING_NAMES.get(value, f"unknown ({value})") if value is not None else "missing"
+        if value is None:
+            return "missing"
+        known = isinstance(value, int) and not isinstance(value, bool) and value in POOLING_NAMES
+        return POOLING_NAMES[value] if known else f"unknown ({value!r:.40})"
 
     @property
     def file_type(self) -> str:
         value = self.get("general.file_type")
         try:
             return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_") if value is not None else "unknown"
-        except ValueError:
-            return f"unknown ({value})"
+        except (ValueError, TypeError):  # a crafted file may hold anything here
+            return f"unknown ({value!r:.40})"
 
     @property
     def n_params(self) -> int:
@@ -186,11 +189,7 @@ def read_gguf_info(path: str | Path, *, header: GGUFHeader | None = None, valida
     del validated
     path = Path(path)
     h = header if header is not None else read_header(path)
-    try:
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot open ({exc.strerror})") from None
-    with fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    with open_regular(path) as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if len(mm) != h.file_size:
             raise ModelLoadError(f"{path}: changed size while being read ({h.file_size} -> {len(mm)} bytes)")
         try:

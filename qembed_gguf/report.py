@@ -38,7 +38,14 @@ def render_summary(info: GGUFInfo) -> str:
     return "\n".join(lines)
 
 
-def render_info(info: GGUFInfo) -> str:
+def _count(value) -> str:
+    """How many entries an array value has (a crafted file may hold a scalar where an array belongs)."""
+    return str(len(value)) if isinstance(value, (list, tuple)) or hasattr(value, "length") else "?"
+
+
+def render_info(info: GGUFInfo, *, refusal: Exception | None = None) -> str:
+    """``qembed-gguf info``. ``refusal``: why :func:`~qembed_gguf.gguf_check.check_gguf` refuses
+    the file (the status line then says so), None when it passed."""
     g = info.get
     eos_id = g("tokenizer.ggml.eos_token_id")
     lines = [
@@ -49,7 +56,7 @@ def render_info(info: GGUFInfo) -> str:
         f"context {info.arch_key('context_length')}",
         f"pooling:        {info.pooling}",
         f"tokenizer:      {g('tokenizer.ggml.model')} / pre {g('tokenizer.ggml.pre')}  "
-        f"vocab {len(g('tokenizer.ggml.tokens') or [])}",
+        f"vocab {_count(g('tokenizer.ggml.tokens'))}",
         f"EOS:            {info.eos_token!r} (id {eos_id})  add_eos {g('tokenizer.ggml.add_eos_token')}  "
         f"add_bos {g('tokenizer.ggml.add_bos_token')}",
         f"quantization:   {info.file_type}, {info.bits_per_weight:.2f} bits/weight, "
@@ -66,8 +73,16 @@ def render_info(info: GGUFInfo) -> str:
     problems = info.problems()
     for p in problems:
         lines.append(f"WARNING:        {p}")
-    lines.append("status:         " + ("OK for Qwen3 embeddings" if not problems else
-                                      f"{len(problems)} problem(s): vectors from this file may be wrong"))
+    if refusal is not None:
+        where = ""
+        if getattr(refusal, "field", None):
+            offset = refusal.offset
+            where = f" at {refusal.field} ({'byte offset ' + str(offset) if offset is not None else 'absent'})"
+        lines.append(f"status:         REFUSED: {type(refusal).__name__}{where}; the Embedder and `qembed-gguf "
+                     f"verify` refuse this file (the error follows)")
+    else:
+        lines.append("status:         " + ("OK for Qwen3 embeddings" if not problems else
+                                          f"{len(problems)} problem(s): vectors from this file may be wrong"))
     return "\n".join(lines)
 
 

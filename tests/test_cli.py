@@ -4,13 +4,16 @@ console script."""
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
 
-from gguf_edit import copy_without_keys
+from gguf_edit import V, copy_with_changes, copy_without_keys
 from qembed_gguf.cli import main
 
 
@@ -31,6 +34,7 @@ def test_convert_then_info(runner, tmp_path, tiny_dir):
         assert needle in info.output, needle
     data = json.loads(runner.invoke(main, ["info", "--json", str(out)]).output)
     assert data["pooling"] == "last" and data["dim"] == 256 and data["problems"] == []
+    assert data["valid"] is True and data["error"] is None
 
 
 def test_k_quant_fallback_is_reported(runner, tmp_path, checkpoints):
@@ -47,6 +51,46 @@ def test_info_warns_about_community_style_file(runner, tmp_path, converted):
     assert result.exit_code == 3
     assert "no pooling_type" in result.output and "add_eos_token is not true" in result.output
     assert "2 problem(s)" in result.output
+
+
+EPS = "qwen3.attention.layer_norm_rms_epsilon"
+
+
+@pytest.mark.parametrize("case", [
+    ("no tensors", dict(tensors=False), "token_embd.weight", False),
+    ("zero heads", dict(values={"qwen3.attention.head_count": (0, V.UINT32)}), "qwen3.attention.head_count", True),
+    ("zero blocks", dict(values={"qwen3.block_count": (0, V.UINT32)}), "qwen3.block_count", True),
+    ("llama tokenizer", dict(values={"tokenizer.ggml.model": ("llama", V.STRING)}), "tokenizer.ggml.model", True),
+    ("eps nan", dict(values={EPS: (math.nan, V.FLOAT32)}), EPS, True),
+    ("eps -1", dict(values={EPS: (-1.0, V.FLOAT32)}), EPS, True),
+], ids=lambda c: c[0] if isinstance(c, tuple) else None)
+def test_info_refuses_what_the_embedder_refuses(runner, tmp_path, converted, case):
+    """info runs check_gguf: exit 1, the field and byte offset named (also in --json), never 'OK'."""
+    _, edit, field, has_offset = case
+    bad = copy_with_changes(converted("tiny", "q8_0"), tmp_path / "bad.gguf", **edit)
+    result = runner.invoke(main, ["info", str(bad)])
+    assert result.exit_code == 1, result.output
+    assert "REFUSED" in result.output and "OK for Qwen3" not in result.output
+    assert f"CorruptModelError: {bad}: {field} (" in result.output
+    assert ("byte offset" in result.output) == has_offset
+    data = json.loads(runner.invoke(main, ["info", "--json", str(bad)]).stdout)
+    assert data["valid"] is False and data["error"]["type"] == "CorruptModelError"
+    assert data["error"]["field"] == field and isinstance(data["error"]["offset"], int) == has_offset
+    if field == EPS:
+        assert data["metadata"][EPS] in ("nan", -1.0)  # JSON has no NaN: written as a string
+    verify = runner.invoke(main, ["verify", str(bad)])
+    assert verify.exit_code == 1 and f"{field} (" in verify.output
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_info_and_verify_refuse_a_fifo(tmp_path):
+    """A FIFO no one writes: refused at once, not read (a timeout makes a regression fail, not hang)."""
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    for command in ("info", "verify"):
+        r = subprocess.run([sys.executable, "-m", "qembed_gguf", command, str(fifo)], capture_output=True, text=True,
+                           timeout=30, cwd=tmp_path)  # not the repo root: its source tree would shadow the package
+        assert r.returncode == 1 and "is a FIFO (named pipe), not a regular file" in r.stderr, (command, r.stderr)
 
 
 def test_errors_are_one_line_messages(runner, tmp_path, tiny_dir):

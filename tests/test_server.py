@@ -64,6 +64,22 @@ def test_float_and_base64_equal_the_library(client, ref, served):
     np.testing.assert_array_equal(decoded, ref.embed_documents(texts[0])[0])  # alone, as the server computed it
 
 
+def test_repeated_inputs_are_decoded_once_and_counted_every_time(client, ref, served):
+    e = served[1]
+    texts = ["same"] * 15 + ["other"]  # the fixture's limit: 16 inputs per request
+    before = e.stats.sequences_decoded
+    response = client.embeddings.create(model="tiny", input=texts, encoding_format="float")
+    assert e.stats.sequences_decoded - before == 2
+    got = _vectors(response)
+    np.testing.assert_array_equal(got, ref.embed_documents(texts))  # the library groups them the same way
+    assert response.usage.prompt_tokens == sum(ref.count_tokens(texts))  # usage counts every input
+    ids = ref.prepare_texts(["same"])[0]
+    before = e.stats.sequences_decoded
+    tokens = client.embeddings.create(model="tiny", input=[ids] * 5, encoding_format="float")
+    assert e.stats.sequences_decoded - before == 1 and tokens.usage.prompt_tokens == 5 * len(ids)
+    np.testing.assert_array_equal(_vectors(tokens), np.repeat(got[:1], 5, axis=0))
+
+
 def test_dimensions_and_aliases(client, ref):
     for dim in (ref.mrl_min_dim, 100, ref.dim):
         got = _vectors(client.embeddings.create(model="text-embedding-3-small", input=TEXTS[:3], dimensions=dim))
@@ -170,7 +186,8 @@ def test_body_size_limit_without_content_length(served):
         for _ in range(300):
             yield b"x" * 1000
         yield b'"}'
-    r = httpx.post(served[0] + "/v1/embeddings", content=chunks(), headers={"Authorization": f"Bearer {KEY}"})
+    r = httpx.post(served[0] + "/v1/embeddings", content=chunks(),
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
@@ -266,10 +283,10 @@ class _GatedModel:
     def prepare_texts(self, texts):
         return [[7] * len(t) + [0] for t in texts]
 
-    def fit(self, sequences, *, truncate):
+    def fit(self, sequences, *, truncate, rows=None):
         return sequences
 
-    def pool(self, sequences):
+    def pool(self, sequences, *, cancelled=None):
         self.calls.append(len(sequences))
         self.entered.set()
         assert self.gate.wait(30)
@@ -297,7 +314,7 @@ def test_batcher_admission_cancellation_and_shutdown():
     assert kept.result(30).pooled[:, 0].tolist() == [2] and kept.result().n_tokens == [2]
     assert model.calls == [1, 1]  # the cancelled job was never computed, and did not fail its batch-mate
     assert b.pending == 0
-    b.stop(timeout=30)
+    b.stop(grace=30)
     with pytest.raises(ShuttingDown):
         b.submit(_job("a"))
 

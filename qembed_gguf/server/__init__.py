@@ -10,39 +10,59 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 try:
     import starlette  # noqa: F401
-    import uvicorn  # noqa: F401
+    import uvicorn
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError('the server needs its extra: pip install "qembed-gguf[server]"') from e
 
 from ..embedder import Embedder
+from ..errors import BackendError
 from .app import ServerConfig, create_app
 from .protocol import APIError, Limits
+from .security import is_loopback
 
-__all__ = ["ServerConfig", "Limits", "APIError", "create_app", "run", "is_loopback"]
+__all__ = ["ServerConfig", "Limits", "APIError", "ServerStartError", "create_app", "run", "is_loopback"]
 
 log = logging.getLogger(__name__)
 
+BACKSTOP_S = 5.0  # after the grace period, how long uvicorn waits for connections before cancelling them
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+
+class ServerStartError(BackendError):
+    """The server did not start (uvicorn has logged why: e.g. the port is taken)."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, starting the batcher's grace period when the shutdown begins (the
+    signal), not when uvicorn is done waiting for connections (the app's lifespan shutdown)."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown):
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets=None) -> None:
+        self._on_shutdown()
+        await super().shutdown(sockets)
 
 
 def run(embedder: Embedder, config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8000,
         log_level: str = "info") -> None:
-    """Serve until interrupted (Ctrl-C / SIGTERM: queued requests finish, then the model is freed)."""
+    """Serve until interrupted. Ctrl-C / SIGTERM: new requests are refused; accepted ones may
+    finish for ``config.shutdown_timeout_s`` seconds, the rest get 503; the worker stops after its
+    current decode call, the model is freed and the function returns."""
     if not is_loopback(host) and not config.api_key:
         log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
                     "(set --api-key or QEMBED_API_KEY)", host)
-    app = create_app(embedder, config, close_embedder=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
-                timeout_graceful_shutdown=30)
+    app = create_app(embedder, config, close_embedder=True, bind_host=host)
+    batcher = app.state.service.batcher
+    grace = config.shutdown_timeout_s
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
+                                    timeout_graceful_shutdown=grace + BACKSTOP_S),
+                     on_shutdown=lambda: batcher.shutdown(grace))
+    server.run()
+    if not server.started:
+        embedder.close()
+        raise ServerStartError(f"the server did not start on {host}:{port} (see the log above)")

@@ -2,6 +2,12 @@
 
 Nothing here reads files or renders templates: a request can only name the served model, send
 text or token ids, and choose the output dimension and encoding.
+
+Hostile clients are bounded: a body must arrive within ``read_timeout_s`` (408), a client that
+disconnects while its request waits has its remaining decode calls skipped, one request holds at
+most ``limits.max_request_tokens`` tokens, and a shutdown waits at most ``shutdown_timeout_s``
+for accepted work. Browsers are kept out by the ``Host`` allow-list and the JSON media type
+(:mod:`.security`); CORS headers are sent only for ``cors_origins``.
 """
 
 from __future__ import annotations
@@ -18,15 +24,20 @@ from typing import Any
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..embedder import Embedder
-from ..errors import InputError, InputTooLongError
+from ..errors import InputError, InputTooLongError, InvalidTextError
+from ..lookup import Pending
 from ..postprocess import l2_normalize, truncate_dim
-from .batcher import Job, MicroBatcher, QueueFull, ShuttingDown
-from .protocol import APIError, Limits, embeddings_body, error_body, models_body, parse_embedding_request
+from .batcher import Job, JobCancelled, MicroBatcher, QueueFull, ShuttingDown, TooManyTokens
+from .protocol import (ECHO_CHARS, APIError, Limits, embeddings_body, error_body, is_json_media_type, models_body,
+                       parse_embedding_request, shown, too_many_tokens)
+from .security import HostGuard, allowed_hosts
 
 __all__ = ["ServerConfig", "create_app"]
 
@@ -37,7 +48,14 @@ OPEN_PATHS = frozenset({"/health"})  # answered without an API key
 
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
-    """How the server answers. ``model_names``: the ids clients may send as ``model``."""
+    """How the server answers. ``model_names``: the ids clients may send as ``model``.
+
+    ``allowed_hosts``: the ``Host`` names answered (any port; ``"*"``: any); empty: the policy of
+    :func:`.security.allowed_hosts` for the bind address (loopback names only when it is loopback
+    or unknown). ``cors_origins``: web origins allowed to call the API from a browser (CORS);
+    none by default. ``read_timeout_s``: the longest a request body may take to arrive.
+    ``shutdown_timeout_s``: how long a shutdown lets accepted requests finish before cancelling them.
+    """
 
     model_names: tuple[str, ...]
     api_key: str | None = None
@@ -46,13 +64,27 @@ class ServerConfig:
     max_wait_ms: float = 5.0          # micro-batching window (only while other requests are arriving)
     max_batch_inputs: int = 512
     max_queue_inputs: int = 8192
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    read_timeout_s: float = 30.0
+    shutdown_timeout_s: float = 10.0
 
     def __post_init__(self):
         if isinstance(self.model_names, str) or not self.model_names or not all(
                 isinstance(n, str) and n for n in self.model_names):
-            raise ValueError(f"model_names must be a non-empty tuple of non-empty strings, got {self.model_names!r}")
+            raise InputError(f"model_names must be a non-empty tuple of non-empty strings, got {self.model_names!r}")
+        for name in ("allowed_hosts", "cors_origins"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise InputError(f"{name} must be a tuple of non-empty strings, got {value!r}")
+        for name in ("read_timeout_s", "shutdown_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise InputError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if self.read_timeout_s == 0:
+            raise InputError("read_timeout_s must be > 0")
         if self.max_queue_inputs < self.limits.max_inputs:
-            raise ValueError(f"max_queue_inputs ({self.max_queue_inputs}) must be >= limits.max_inputs "
+            raise InputError(f"max_queue_inputs ({self.max_queue_inputs}) must be >= limits.max_inputs "
                              f"({self.limits.max_inputs}), or a full-size request could never be accepted")
 
 
@@ -67,7 +99,10 @@ class _JSON(Response):
 
 
 def _dumps(content: Any) -> bytes:
-    return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate got into a message: \u escapes are valid JSON
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def _error(e: APIError) -> Response:
@@ -95,9 +130,12 @@ class _ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+CLOSE = {"Connection": "close"}  # on answers sent before the body was read: the connection is not reused
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     too_big = APIError(413, f"the request body is larger than this server's limit of {limit} bytes",
-                       code="request_too_large")
+                       code="request_too_large", headers=CLOSE)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
@@ -110,6 +148,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _disconnected(receive) -> None:
+    """Returns when the client has gone (the body has been read: the server's next message is
+    ``http.disconnect``, which arrives only when the connection closes)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class _ClientLeft(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+def _gone() -> Response:
+    return Response(status_code=499)  # nginx's "client closed request": logged, never received
+
+
 class EmbeddingService:
     """Request handling on top of one Embedder and its :class:`MicroBatcher`."""
 
@@ -119,9 +172,18 @@ class EmbeddingService:
         self.limits = dataclasses.replace(config.limits, max_input_tokens=embedder.max_tokens)
         self.batcher = MicroBatcher(embedder, max_wait_s=config.max_wait_ms / 1000,
                                     max_batch_inputs=config.max_batch_inputs,
-                                    max_queue_inputs=config.max_queue_inputs)
+                                    max_queue_inputs=config.max_queue_inputs,
+                                    max_request_tokens=self.limits.max_request_tokens)
         self.created = int(time.time())
         self.requests = 0
+        self._aborted = asyncio.Event()  # set (on the event loop) when the shutdown's grace period ends
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Let the batcher's shutdown timer wake the request handlers on ``loop``."""
+        def wake():
+            with contextlib.suppress(RuntimeError):  # the loop has already closed
+                loop.call_soon_threadsafe(self._aborted.set)
+        self.batcher.on_abort = wake
 
     def _busy(self, why: str) -> APIError:
         return APIError(429, f"the server is busy: {why}; retry shortly", type="rate_limit_error", code="queue_full",
@@ -141,26 +203,72 @@ class EmbeddingService:
                                        eos_id=e.pooling_token_id, limits=self.limits,
                                        truncate_default=self.config.truncate)
 
+    async def _body(self, request: Request) -> bytes:
+        """The request body, read within ``read_timeout_s`` (408) and before the shutdown's grace
+        period ends (503): a stalled upload holds nothing for long."""
+        reader = asyncio.ensure_future(_read_body(request, self.limits.max_body_bytes))
+        stopper = asyncio.ensure_future(self._aborted.wait())
+        try:
+            done, _ = await asyncio.wait((reader, stopper), timeout=self.config.read_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            stopper.cancel()
+        if reader in done:
+            return reader.result()
+        if stopper in done:
+            raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down",
+                           headers=CLOSE)
+        raise APIError(408, f"the request body did not arrive within {self.config.read_timeout_s:g} s",
+                       code="request_timeout", headers=CLOSE)
+
+    async def _result(self, request: Request, job: Job):
+        """The job's result, unless the client disconnects first: then the job is cancelled (a
+        queued job is dropped, a running one skips its remaining decode calls)."""
+        waiter = asyncio.wrap_future(job.future)
+        left = asyncio.ensure_future(_disconnected(request.receive))
+        try:
+            done, _ = await asyncio.wait((waiter, left), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server cancelled the request (its own shutdown backstop)
+            job.cancelled = True
+            waiter.cancel()
+            raise
+        finally:
+            left.cancel()
+        if waiter in done:
+            return waiter.result()
+        job.cancelled = True
+        waiter.cancel()  # cancels the job's future too if the worker has not taken it yet
+        log.info("client %s disconnected; its request (%d inputs) was cancelled",
+                 request.client.host if request.client else "?", len(job))
+        raise _ClientLeft
+
     async def embeddings(self, request: Request) -> Response:
-        with self.batcher.arriving():
+        content_type = request.headers.get("content-type")
+        if not is_json_media_type(content_type):
+            got = f"got {shown(content_type)}" if content_type else "none was sent"
+            return _error(APIError(415, f"the request body must be JSON, sent with 'Content-Type: application/json' "
+                                        f"({got})", code="unsupported_media_type", headers=CLOSE))
+        try:
+            unavailable = self._unavailable()
+            if unavailable is not None:
+                raise unavailable
+            if self.batcher.pending >= self.batcher.max_queue_inputs:  # before reading the body
+                raise self._busy(f"{self.batcher.pending} inputs are waiting")
+            body = await self._body(request)
+        except APIError as err:
+            return _error(err)
+        except ClientDisconnect:
+            return _gone()
+        with self.batcher.arriving():  # only once the body is in: a stalled upload delays no batch
             try:
-                unavailable = self._unavailable()
-                if unavailable is not None:
-                    raise unavailable
-                if self.batcher.pending >= self.batcher.max_queue_inputs:  # before reading the body
-                    raise self._busy(f"{self.batcher.pending} inputs are waiting")
-                body = await _read_body(request, self.limits.max_body_bytes)
                 req = await asyncio.to_thread(self._parse, body) if len(body) > PARSE_OFF_LOOP_BYTES \
                     else self._parse(body)
-                texts = req.texts
-                if texts is not None and req.instruction is not None:
-                    texts = [self.embedder.format_query(t, req.instruction) for t in texts]
-                dim = req.dim or self.embedder.dim
-                cache = self.embedder.cache if texts is not None else None
-                keys = cache.keys(texts, dim, True) if cache is not None else None
-                cached = await self._lookup(cache, keys, dim) if keys is not None else [None] * len(req)
-                job = Job(texts=texts, tokens=req.tokens, decode=[v is None for v in cached], truncate=req.truncate)
-                future = self.batcher.submit(job)
+                pending = await self._look_up(req)
+                job = Job(texts=pending.texts if req.texts is not None else None,
+                          tokens=[list(t) for t in pending.texts] if req.tokens is not None else None,
+                          decode=[v is None for v in pending.found], truncate=req.truncate, rows=pending.rows)
+                self.batcher.submit(job)
             except APIError as err:
                 return _error(err)
             except QueueFull as err:
@@ -168,11 +276,20 @@ class EmbeddingService:
             except ShuttingDown as err:
                 return _error(APIError(503, str(err), type="server_error", code="shutting_down"))
         try:
-            result = await asyncio.wrap_future(future)
+            result = await self._result(request, job)
+        except (_ClientLeft, JobCancelled):
+            return _gone()
+        except ShuttingDown as err:
+            return _error(APIError(503, str(err), type="server_error", code="shutting_down"))
+        except TooManyTokens as err:
+            return _error(too_many_tokens(err.n_tokens, err.limit))
         except InputTooLongError as err:
             return _error(APIError(400, f"input[{err.index}] has {err.n_tokens} tokens, more than this server's limit "
                                         f"of {err.max_tokens} (pooling token included); shorten it or send "
                                         f"\"truncate\": true", param=f"input[{err.index}]", code="input_too_long"))
+        except InvalidTextError as err:  # the protocol checks first; kept for texts it may not see
+            param = f"input[{pending.rows[err.index][0]}]" if err.index is not None else "input"
+            return _error(APIError(400, str(err), param=param))
         except InputError as err:
             unavailable = self._unavailable()
             if unavailable is not None:  # the model was unloaded under the request
@@ -180,33 +297,37 @@ class EmbeddingService:
             return _error(APIError(400, str(err), param="input"))
         self.requests += 1
         fresh = l2_normalize(truncate_dim(result.pooled, req.dim))
-        vectors = np.empty((len(cached), dim), dtype=np.float32)
-        rows = [i for i, v in enumerate(cached) if v is None]
-        vectors[rows] = fresh
-        for i, v in enumerate(cached):
-            if v is not None:
-                vectors[i] = v
-        # a request that truncated inputs is not cached: an Embedder(truncate=False) sharing the
-        # cache must still refuse those texts
-        if keys is not None and rows and not result.truncated:
-            await asyncio.to_thread(cache.store, [keys[i] for i in rows], fresh)
+        # a vector of a cut input is cached only where the cache's settings say inputs are cut
+        # (truncate=True): an Embedder(truncate=False) sharing the cache must still refuse that text
+        cacheable = [self.embedder.truncate or not result.truncated[k] for k in pending.missing]
+        store = pending.cache is not None and pending.missing
+        vectors = await asyncio.to_thread(pending.complete, fresh, cacheable=cacheable) if store \
+            else pending.complete(fresh)
+        prompt_tokens = sum(n * len(rows) for n, rows in zip(result.n_tokens, pending.rows))
         if vectors.size > 200_000:  # a large body is built and rendered off the event loop
-            payload = await asyncio.to_thread(self._render, vectors, req, sum(result.n_tokens))
+            payload = await asyncio.to_thread(self._render, vectors, req, prompt_tokens)
             return Response(payload, media_type="application/json")
         return _JSON(embeddings_body(vectors, model=req.model, encoding_format=req.encoding_format,
-                                     prompt_tokens=sum(result.n_tokens)))
+                                     prompt_tokens=prompt_tokens))
 
     @staticmethod
     def _render(vectors: np.ndarray, req, prompt_tokens: int) -> bytes:
         return _dumps(embeddings_body(vectors, model=req.model, encoding_format=req.encoding_format,
                                       prompt_tokens=prompt_tokens))
 
-    async def _lookup(self, cache, keys: list[bytes], dim: int) -> list[np.ndarray | None]:
-        """Cached vectors under ``keys``, None where the model must run (counted in the stats)."""
-        found = await asyncio.to_thread(cache.lookup, keys, dim)
-        hits = sum(v is not None for v in found)
-        self.embedder.stats.add(cache_hits=hits, cache_misses=len(found) - hits)
-        return found
+    async def _look_up(self, req) -> Pending:
+        """The request's distinct inputs and what the cache has of them (text inputs; the lookup
+        off the event loop), counted in the stats as the Embedder counts them."""
+        e = self.embedder
+        dim = req.dim or e.dim
+        if req.texts is None:  # token ids: grouped, never cached (the cache keys on text)
+            return Pending.look_up([tuple(t) for t in req.tokens], None, dim=dim, normalize=True)
+        texts = req.texts if req.instruction is None else [e.format_query(t, req.instruction) for t in req.texts]
+        if e.cache is None:
+            return Pending.look_up(texts, None, dim=dim, normalize=True)
+        pending = await asyncio.to_thread(Pending.look_up, texts, e.cache, dim=dim, normalize=True)
+        e.stats.add(cache_hits=pending.hits, cache_misses=pending.misses)
+        return pending
 
     async def models(self, request: Request) -> Response:
         return _JSON(models_body(self.config.model_names, self.created))
@@ -214,7 +335,7 @@ class EmbeddingService:
     async def model(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in self.config.model_names:
-            return _error(APIError(404, f"the model {name!r} does not exist on this server", param="model",
+            return _error(APIError(404, f"the model {shown(name)} does not exist on this server", param="model",
                                    code="model_not_found"))
         return _JSON(models_body([name], self.created)["data"][0])
 
@@ -229,37 +350,55 @@ class EmbeddingService:
             "requests": self.requests,
             "batches": self.batcher.cycles,
             "decode_calls": s.decode_calls,
+            "cancelled": self.batcher.jobs_cancelled,
             "cache": {"backend": self.embedder.cache.backend.kind, "hits": s.cache_hits,
                       "misses": s.cache_misses} if self.embedder.cache is not None else None,
         }, status_code=200 if ok else 503)
 
 
-def create_app(embedder: Embedder, config: ServerConfig, *, close_embedder: bool = False) -> Starlette:
-    """The ASGI app serving ``embedder``; the batcher starts and stops with the app's lifespan."""
+def create_app(embedder: Embedder, config: ServerConfig, *, close_embedder: bool = False,
+               bind_host: str | None = None) -> Starlette:
+    """The ASGI app serving ``embedder``; the batcher starts and stops with the app's lifespan
+    (stopping waits ``config.shutdown_timeout_s`` for accepted work, then cancels it).
+    ``bind_host``: the address the server listens on, for the ``Host`` policy (None: loopback)."""
     service = EmbeddingService(embedder, config)
+    hosts = allowed_hosts(config.allowed_hosts, bind_host)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        service.bind_loop(asyncio.get_running_loop())
         service.batcher.start()
         log.info("serving %s (dim %d, max %d tokens per input) as %s", embedder.path.name, embedder.dim,
                  embedder.max_tokens, ", ".join(config.model_names))
         try:
             yield
         finally:
-            await asyncio.to_thread(service.batcher.stop)
+            await asyncio.to_thread(service.batcher.stop, config.shutdown_timeout_s)
             if close_embedder:
                 embedder.close()
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return _JSON(error_body(f"{request.method} {request.url.path}: {exc.detail}", type="invalid_request_error",
+        path = request.url.path
+        path = path if len(path) <= ECHO_CHARS else path[:ECHO_CHARS] + "…"
+        return _JSON(error_body(f"{request.method} {path}: {exc.detail}", type="invalid_request_error",
                                 code=code), status_code=exc.status_code, headers=exc.headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
         return _JSON(error_body(f"internal error: {type(exc).__name__}", type="server_error"), status_code=500)
 
+    middleware = []  # outermost first
+    if hosts is not None:
+        middleware.append(Middleware(HostGuard, allowed=hosts))
+    if config.cors_origins:  # preflights are answered here, before the API key is asked for
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"],
+                                     expose_headers=["retry-after"], max_age=600))
+    if config.api_key:
+        middleware.append(Middleware(_ApiKeyMiddleware, api_key=config.api_key))
     app = Starlette(
+        middleware=middleware,
         routes=[
             Route("/v1/embeddings", service.embeddings, methods=["POST"]),
             Route("/embeddings", service.embeddings, methods=["POST"]),
@@ -271,6 +410,4 @@ def create_app(embedder: Embedder, config: ServerConfig, *, close_embedder: bool
         lifespan=lifespan,
     )
     app.state.service = service
-    if config.api_key:
-        app.add_middleware(_ApiKeyMiddleware, api_key=config.api_key)
     return app

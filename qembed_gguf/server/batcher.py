@@ -10,7 +10,15 @@ received (:meth:`MicroBatcher.arriving`), so a lone client never pays the window
 
 Admission is bounded: :meth:`MicroBatcher.submit` refuses a job when the inputs already waiting
 plus its own exceed ``max_queue_inputs`` (:class:`QueueFull`, answered 429) and after
-:meth:`MicroBatcher.stop` (:class:`ShuttingDown`, answered 503).
+:meth:`MicroBatcher.shutdown` (:class:`ShuttingDown`, answered 503). A job whose inputs hold more
+than ``max_request_tokens`` tokens together fails with :class:`TooManyTokens` once tokenized,
+before any decode call.
+
+Work stops when nobody wants it: a job marked :attr:`Job.cancelled` (its client disconnected) is
+dropped if still queued, and its remaining decode calls are skipped if it is being computed
+(``Embedder.pool(cancelled=...)``); it fails with :class:`JobCancelled`. A shutdown lets accepted
+jobs finish for a grace period, then cancels the rest (:class:`ShuttingDown`); the worker stops
+after the decode call it is in.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import numpy as np
 
 from ..embedder import Embedder
 
-__all__ = ["Job", "JobResult", "MicroBatcher", "QueueFull", "ShuttingDown"]
+__all__ = ["Job", "JobResult", "MicroBatcher", "QueueFull", "ShuttingDown", "JobCancelled", "TooManyTokens"]
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +45,42 @@ class QueueFull(Exception):
 
 
 class ShuttingDown(Exception):
-    """The batcher is stopping (or stopped) and accepts no new work."""
+    """The batcher is stopping (or stopped) and accepts no new work, or its grace period ran out."""
+
+
+class JobCancelled(Exception):
+    """The job was cancelled (its client left) before all its inputs were computed."""
+
+
+class TooManyTokens(Exception):
+    """A job's inputs hold more tokens together than ``max_request_tokens``."""
+
+    def __init__(self, n_tokens: int, limit: int):
+        super().__init__(f"the inputs hold {n_tokens} tokens together, more than the limit of {limit} per request")
+        self.n_tokens = n_tokens
+        self.limit = limit
 
 
 @dataclasses.dataclass
 class JobResult:
     pooled: np.ndarray        # raw pooled vectors (full dim) of the inputs marked for decode, in order
-    n_tokens: list[int]       # tokens of every input (after truncation, pooling token included)
-    truncated: int            # inputs that were cut
+    n_tokens: list[int]       # tokens of every input of the job (after truncation, pooling token included)
+    truncated: list[bool]     # per input of the job: it was cut
 
 
 @dataclasses.dataclass
 class Job:
-    """Inputs of one request: model-ready texts (instruction applied) or token-id lists."""
+    """Inputs of one request: model-ready texts (instruction applied) or token-id lists, each
+    distinct; ``rows[k]`` are the request's input indices that input ``k`` stands for (errors and
+    the token limit count them; None: input ``k`` is request input ``k``)."""
 
     texts: list[str] | None
     tokens: list[list[int]] | None
     decode: list[bool]        # per input: needs the model (False: answered by the cache, count tokens only)
     truncate: bool
+    rows: list[list[int]] | None = None
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
+    cancelled: bool = False   # set (from any thread) when nobody waits for the result any more
 
     def __len__(self) -> int:
         return len(self.decode)
@@ -68,20 +93,25 @@ class MicroBatcher:
     """Runs jobs through an Embedder from one worker thread, batching concurrent jobs together."""
 
     def __init__(self, embedder: Embedder, *, max_wait_s: float = 0.005, max_batch_inputs: int = 512,
-                 max_queue_inputs: int = 8192):
+                 max_queue_inputs: int = 8192, max_request_tokens: int | None = None):
         self.embedder = embedder
         self.max_wait_s = max_wait_s
         self.max_batch_inputs = max_batch_inputs
         self.max_queue_inputs = max_queue_inputs
+        self.max_request_tokens = max_request_tokens
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._pending = 0       # inputs queued or being computed
         self._arriving = 0      # requests received but not yet submitted
         self._stopping = False
+        self._aborted = False   # the shutdown's grace period is over: every job left is cancelled
+        self._abort_timer: threading.Timer | None = None
         self._thread: threading.Thread | None = None
+        self.on_abort = None    # called (from a timer thread) when the grace period ends
         self.cycles = 0         # worker cycles (each: one Embedder.pool call over all its jobs)
         self.jobs_done = 0
         self.inputs_done = 0
+        self.jobs_cancelled = 0  # jobs dropped or cut short: client gone, or the grace period over
 
     # -- admission ------------------------------------------------------------------------------
     @property
@@ -90,7 +120,8 @@ class MicroBatcher:
 
     @contextlib.contextmanager
     def arriving(self):
-        """Mark a request as on its way (parsing, cache lookup) so the worker may wait for it."""
+        """Mark a request as on its way (parsing, cache lookup; its body already read) so the
+        worker may wait for it."""
         with self._lock:
             self._arriving += 1
         try:
@@ -119,14 +150,54 @@ class MicroBatcher:
             self._thread = threading.Thread(target=self._run, name="qembed-batcher", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Refuse new jobs, finish the queued ones, stop the worker."""
+    def shutdown(self, grace: float | None = None) -> None:
+        """Refuse new jobs; the accepted ones may finish for ``grace`` seconds (None: without
+        limit), then the rest fail with :class:`ShuttingDown` and the worker stops after its
+        current decode call. Returns at once; calling it again never extends the grace period."""
         with self._lock:
-            self._stopping = True
-            self._queue.put(_STOP)
+            if not self._stopping:
+                self._stopping = True
+                self._queue.put(_STOP)
+            if grace is None or self._aborted or self._abort_timer is not None:
+                return
+            self._abort_timer = threading.Timer(max(grace, 0.0), self._abort)
+            self._abort_timer.daemon = True
+            self._abort_timer.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """:meth:`shutdown`, then wait for the worker to end (it ends after the decode call it is
+        in once the grace period is over)."""
+        self.shutdown(grace)
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join()
             self._thread = None
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+
+    def _abort(self) -> None:
+        """End of the grace period: fail the queued jobs now (the worker may be inside a long
+        decode call) and make the worker skip the rest of what it computes."""
+        self._aborted = True
+        left, saw_stop = 0, False
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is _STOP:
+                saw_stop = True
+                continue
+            if self._claim(job):
+                job.future.set_exception(ShuttingDown("the server is shutting down: its grace period ended before "
+                                                      "this request was computed"))
+                self._drop(job)
+            left += 1
+        if saw_stop:
+            self._queue.put(_STOP)
+        log.warning("shutdown grace period over: %d queued request(s) cancelled; stopping after the current "
+                    "decode call", left)
+        if self.on_abort is not None:
+            self.on_abort()
 
     @property
     def running(self) -> bool:
@@ -137,11 +208,7 @@ class MicroBatcher:
     def _collect(self, first: Job) -> tuple[list[Job], bool]:
         """``first`` and the jobs queued behind it; jobs whose request was cancelled are dropped
         (``set_running_or_notify_cancel``: a running future can no longer be cancelled)."""
-        jobs, n = [], 0
-        if first.future.set_running_or_notify_cancel():
-            jobs, n = [first], len(first)
-        else:
-            self._release(len(first))
+        jobs, n = ([first], len(first)) if self._claim(first) else ([], 0)
         deadline = time.monotonic() + self.max_wait_s
         stop = False
         while n < self.max_batch_inputs:
@@ -158,12 +225,23 @@ class MicroBatcher:
             if job is _STOP:
                 stop = True
                 break
-            if job.future.set_running_or_notify_cancel():
+            if self._claim(job):
                 jobs.append(job)
                 n += len(job)
-            else:
-                self._release(len(job))
         return jobs, stop
+
+    def _claim(self, job: Job) -> bool:
+        """Whether ``job`` is the worker's now (its future running: no longer cancellable); a job
+        whose future was cancelled while queued is dropped instead."""
+        if job.future.set_running_or_notify_cancel():
+            return True
+        self._drop(job)
+        return False
+
+    def _drop(self, job: Job) -> None:
+        """Forget a queued job whose future was cancelled (its client left while it waited)."""
+        self.jobs_cancelled += 1
+        self._release(len(job))
 
     def _release(self, n_inputs: int) -> None:
         with self._lock:
@@ -188,18 +266,33 @@ class MicroBatcher:
             if stop:  # every job queued before the marker has been processed
                 return
 
-    def _prepare(self, job: Job) -> tuple[list[list[int]], int]:
+    def _prepare(self, job: Job) -> tuple[list[list[int]], list[bool]]:
         """Token sequences of a job with the request's truncation rule applied (the Embedder's
-        ``fit``: raises :class:`InputTooLongError` for the request), and how many were cut."""
+        ``fit``: raises :class:`InputTooLongError` naming the request's input), and which were cut."""
         e = self.embedder
         seqs = e.prepare_texts(job.texts) if job.texts is not None else e.prepare_tokens(job.tokens)
-        truncated = sum(len(s) > e.max_tokens for s in seqs)
-        return e.fit(seqs, truncate=job.truncate), truncated
+        truncated = [len(s) > e.max_tokens for s in seqs]
+        seqs = e.fit(seqs, truncate=job.truncate, rows=job.rows)
+        if self.max_request_tokens is not None:  # every input of the request counts, repeats too
+            total = sum(len(s) * (len(job.rows[k]) if job.rows is not None else 1) for k, s in enumerate(seqs))
+            if total > self.max_request_tokens:
+                raise TooManyTokens(total, self.max_request_tokens)
+        return seqs, truncated
+
+    def _cancel_error(self, job: Job) -> Exception:
+        self.jobs_cancelled += 1
+        if self._aborted and not job.cancelled:
+            return ShuttingDown("the server is shutting down: its grace period ended before this request was computed")
+        return JobCancelled("the request was cancelled (its client disconnected)")
 
     def _process(self, jobs: list[Job]) -> None:
         batch: list[list[int]] = []
+        owners: list[Job] = []    # the job of each row of batch
         spans: list[tuple[Job, int, int, list[int], int]] = []
         for job in jobs:
+            if job.cancelled or self._aborted:
+                job.future.set_exception(self._cancel_error(job))
+                continue
             try:
                 seqs, truncated = self._prepare(job)
             except Exception as e:  # noqa: BLE001 - this job's problem only
@@ -207,10 +300,24 @@ class MicroBatcher:
                 continue
             start = len(batch)
             batch.extend(s for s, d in zip(seqs, job.decode) if d)
+            owners.extend([job] * (len(batch) - start))
             spans.append((job, start, len(batch), [len(s) for s in seqs], truncated))
-        pooled = self.embedder.pool(batch) if batch else np.empty((0, self.embedder.dim), np.float32)
+        skipped: dict[int, bool] = {}
+
+        def cancelled(i: int) -> bool:
+            # one answer per row, remembered: which jobs were cut short is read from it afterwards,
+            # and a client leaving after its rows were decoded must not change it
+            if i not in skipped:
+                skipped[i] = owners[i].cancelled or self._aborted
+            return skipped[i]
+
+        pooled = self.embedder.pool(batch, cancelled=cancelled) if batch \
+            else np.empty((0, self.embedder.dim), np.float32)
         self.cycles += 1
         for job, lo, hi, counts, truncated in spans:
+            if any(skipped.get(i) for i in range(lo, hi)):
+                job.future.set_exception(self._cancel_error(job))
+                continue
             job.future.set_result(JobResult(pooled[lo:hi], counts, truncated))
             self.jobs_done += 1
             self.inputs_done += len(job)

@@ -12,6 +12,12 @@ Requests (``POST /v1/embeddings``) follow OpenAI's schema, with two extensions::
 
 Every problem becomes an :class:`APIError` carrying the HTTP status and OpenAI's error body
 ``{"error": {"message", "type", "param", "code"}}``; messages name the field and the input index.
+
+The body must be strict JSON in UTF-8: nesting deeper than :data:`MAX_JSON_DEPTH` (checked
+before parsing, so no input can exhaust the parser's recursion), ``NaN``/``Infinity`` (which
+Python's ``json`` accepts and JSON does not) and strings holding a lone surrogate (``"\\ud800"``:
+valid JSON syntax, not valid Unicode text) are refused, naming where they are. Values echoed back
+in messages are cut to :data:`ECHO_CHARS` characters.
 """
 
 from __future__ import annotations
@@ -19,15 +25,22 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import InputError
+from ..validate import lone_surrogate
+
 __all__ = ["APIError", "Limits", "EmbeddingRequest", "parse_embedding_request", "encode_vector",
-           "embeddings_body", "models_body", "error_body"]
+           "embeddings_body", "models_body", "error_body", "shown", "json_depth", "is_json_media_type",
+           "MAX_JSON_DEPTH", "ECHO_CHARS"]
 
 ENCODINGS = ("float", "base64")
 INPUT_TYPES = ("query", "document")
+MAX_JSON_DEPTH = 64   # arrays/objects inside each other; a valid request nests 3 deep
+ECHO_CHARS = 64       # longest client-given value quoted back in a message
 
 
 class APIError(Exception):
@@ -51,6 +64,81 @@ def error_body(message: str, *, type: str, param: str | None = None, code: str |
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def shown(value: Any, limit: int = ECHO_CHARS) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters (+ '…'): a client's 1 MB model
+    name is not echoed back whole. ``repr`` escapes lone surrogates, so the message stays UTF-8."""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + "…"
+    text = repr(value)
+    return text if len(text) <= limit + 2 else text[:limit + 2] + "…"
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a Content-Type header says ``application/json`` (parameters such as
+    ``charset=utf-8`` allowed). A browser can POST ``text/plain`` to any site without asking (a
+    "simple" request), but not ``application/json``: requiring it keeps web pages out."""
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(body: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text (UTF-8, where no multi-byte character
+    contains a bracket or quote byte), without parsing it: strings are cut out, then the brackets
+    are counted. Linear time, no recursion; on invalid JSON the count is only an estimate."""
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1).astype(np.int32)
+    return int(np.cumsum(steps).max())
+
+
+class _Constant:
+    """What ``NaN``, ``Infinity`` and ``-Infinity`` parse to: not a number, so that validation
+    names the field or input holding one; a request still holding one is refused at the end."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _kind(x: Any) -> str:
+    """How a value is named in messages: its JSON-ish type, or the non-JSON constant itself."""
+    return x.name if isinstance(x, _Constant) else type(x).__name__
+
+
+def _loads(body: bytes) -> tuple[Any, list[_Constant]]:
+    """Parse strict JSON; returns the value and the non-JSON constants met on the way."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise APIError(400, f"the request body is not UTF-8 (byte {e.start}): JSON must be UTF-8",
+                       code="invalid_json") from None
+    depth = json_depth(body) if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH else 0
+    if depth > MAX_JSON_DEPTH:
+        raise APIError(400, f"the request body nests arrays/objects {depth} deep, more than this server parses "
+                            f"({MAX_JSON_DEPTH}); a request nests 3 deep", code="invalid_json")
+    constants: list[_Constant] = []
+
+    def constant(name: str) -> _Constant:
+        constants.append(_Constant(name))
+        return constants[-1]
+
+    try:
+        return json.loads(text, parse_constant=constant), constants
+    except RecursionError:  # the depth pre-scan should make this unreachable
+        raise APIError(400, "the request body nests too deeply to parse", code="invalid_json") from None
+    except ValueError as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """Request size limits of a server."""
@@ -59,6 +147,13 @@ class Limits:
     max_body_bytes: int = 16 << 20    # request body
     max_input_tokens: int = 8192      # tokens per input, pooling token included (the server uses Embedder.max_tokens):
                                       # token-id inputs are checked while parsing, texts once tokenized
+    max_request_tokens: int = 300_000  # all inputs' tokens together (OpenAI's limit), checked when max_input_tokens is
+
+    def __post_init__(self):
+        for name in ("max_inputs", "max_body_bytes", "max_input_tokens", "max_request_tokens"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise InputError(f"Limits.{name} must be a positive integer, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,35 +180,47 @@ def _bad(message: str, param: str, code: str = "invalid_value") -> APIError:
     return APIError(400, message, param=param, code=code)
 
 
+def _check_text(text: str, param: str) -> None:
+    at = lone_surrogate(text)
+    if at is not None:
+        raise _bad(f"{param} holds a lone surrogate ({text[at]!r}) at character {at}: it is not valid Unicode text "
+                   f"(the client's JSON has a broken \\u escape, or its text was decoded with surrogateescape)", param)
+
+
 def _parse_input(value: Any, limits: Limits, n_vocab: int) -> tuple[list[str] | None, list[list[int]] | None]:
     if isinstance(value, str):
+        _check_text(value, "input[0]")
         return [value], None
     if not isinstance(value, list):
         raise _bad(f"'input' must be a string, a list of strings, a list of token ids or a list of such lists; "
-                   f"got {type(value).__name__}", "input", "invalid_type")
+                   f"got {_kind(value)}", "input", "invalid_type")
     if not value:
         raise _bad("'input' is an empty list", "input")
-    if all(_is_int(x) for x in value):
-        value = [value]  # one pre-tokenized input
+    if _is_int(value[0]) or isinstance(value[0], (float, _Constant)):  # one pre-tokenized input
+        for j, t in enumerate(value):
+            if not _is_int(t):
+                raise _bad(f"input[{j}] is {_kind(t)}, not an integer token id", f"input[{j}]", "invalid_type")
+        value = [value]
     if len(value) > limits.max_inputs:
         raise _bad(f"'input' has {len(value)} items, more than this server's limit of {limits.max_inputs} per "
                    f"request; split it", "input", "too_many_inputs")
     if isinstance(value[0], str):
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise _bad(f"input[{i}] is {type(item).__name__}, not a string: 'input' must be all strings or all "
+                raise _bad(f"input[{i}] is {_kind(item)}, not a string: 'input' must be all strings or all "
                            f"token-id lists", f"input[{i}]", "invalid_type")
+            _check_text(item, f"input[{i}]")
         return list(value), None
     tokens = []
     for i, item in enumerate(value):
         if not isinstance(item, list):
-            raise _bad(f"input[{i}] is {type(item).__name__}, not a list of token ids: 'input' must be all strings "
+            raise _bad(f"input[{i}] is {_kind(item)}, not a list of token ids: 'input' must be all strings "
                        f"or all token-id lists", f"input[{i}]", "invalid_type")
         if not item:
             raise _bad(f"input[{i}] is an empty token list", f"input[{i}]")
         for j, t in enumerate(item):
             if not _is_int(t):
-                raise _bad(f"input[{i}][{j}] is {type(t).__name__}, not an integer token id", f"input[{i}]",
+                raise _bad(f"input[{i}][{j}] is {_kind(t)}, not an integer token id", f"input[{i}]",
                            "invalid_type")
             if not 0 <= t < n_vocab:
                 raise _bad(f"input[{i}][{j}] = {t} is not a token id of this model (0..{n_vocab - 1})",
@@ -126,21 +233,18 @@ def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int
                             n_vocab: int, eos_id: int, limits: Limits,
                             truncate_default: bool = False) -> EmbeddingRequest:
     """Validate a request body; raises :class:`APIError` (4xx) naming the offending field."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    obj, constants = _loads(body)
     if not isinstance(obj, dict):
-        raise APIError(400, f"the request body must be a JSON object, got {type(obj).__name__}", code="invalid_json")
+        raise APIError(400, f"the request body must be a JSON object, got {_kind(obj)}", code="invalid_json")
 
     model = obj.get("model")
     if model is None:
         raise _bad("'model' is required", "model", "missing_required_parameter")
     if not isinstance(model, str):
-        raise _bad(f"'model' must be a string, got {type(model).__name__}", "model", "invalid_type")
+        raise _bad(f"'model' must be a string, got {_kind(model)}", "model", "invalid_type")
     if model not in served:
-        raise APIError(404, f"the model {model!r} does not exist on this server (it serves: {', '.join(served)})",
-                       param="model", code="model_not_found")
+        raise APIError(404, f"the model {shown(model)} does not exist on this server (it serves: "
+                            f"{', '.join(served)})", param="model", code="model_not_found")
 
     if "input" not in obj:
         raise _bad("'input' is required", "input", "missing_required_parameter")
@@ -149,7 +253,7 @@ def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int
     dim = obj.get("dimensions")
     if dim is not None:
         if not _is_int(dim):
-            raise _bad(f"'dimensions' must be an integer, got {type(dim).__name__}", "dimensions", "invalid_type")
+            raise _bad(f"'dimensions' must be an integer, got {_kind(dim)}", "dimensions", "invalid_type")
         if not min_dim <= dim <= full_dim:
             raise _bad(f"'dimensions' must be in [{min_dim}, {full_dim}] for this model (Matryoshka range), got {dim}",
                        "dimensions")
@@ -157,16 +261,17 @@ def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int
     fmt = obj.get("encoding_format")
     fmt = "float" if fmt is None else fmt
     if fmt not in ENCODINGS:
-        raise _bad(f"'encoding_format' must be one of {', '.join(ENCODINGS)}, got {fmt!r}", "encoding_format")
+        raise _bad(f"'encoding_format' must be one of {', '.join(ENCODINGS)}, got {shown(fmt)}", "encoding_format")
 
     input_type = obj.get("input_type")
     if input_type is not None and input_type not in INPUT_TYPES:
-        raise _bad(f"'input_type' must be one of {', '.join(INPUT_TYPES)}, got {input_type!r}", "input_type")
+        raise _bad(f"'input_type' must be one of {', '.join(INPUT_TYPES)}, got {shown(input_type)}", "input_type")
     instruction = obj.get("instruction")
     if instruction is not None:
         if not isinstance(instruction, str) or not instruction.strip():
             raise _bad("'instruction' must be a non-empty string", "instruction",
                        "invalid_type" if not isinstance(instruction, str) else "invalid_value")
+        _check_text(instruction, "instruction")
         if input_type == "document":
             raise _bad("'instruction' applies to queries; it contradicts input_type='document'", "instruction")
     elif input_type == "query":
@@ -176,16 +281,31 @@ def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int
 
     truncate = obj.get("truncate", truncate_default)
     if not isinstance(truncate, bool):
-        raise _bad(f"'truncate' must be a boolean, got {type(truncate).__name__}", "truncate", "invalid_type")
-    if tokens is not None and not truncate:
+        raise _bad(f"'truncate' must be a boolean, got {_kind(truncate)}", "truncate", "invalid_type")
+    if tokens is not None:
+        total = 0
         for i, seq in enumerate(tokens):
             n = len(seq) + (seq[-1] != eos_id)  # the pooling token is appended unless present
-            if n > limits.max_input_tokens:
+            if n > limits.max_input_tokens and not truncate:
                 raise APIError(400, f"input[{i}] has {n} tokens, more than this server's limit of "
                                     f"{limits.max_input_tokens} (pooling token included); shorten it or send "
                                     f"\"truncate\": true", param=f"input[{i}]", code="input_too_long")
+            total += min(n, limits.max_input_tokens)
+        if total > limits.max_request_tokens:
+            raise too_many_tokens(total, limits.max_request_tokens)
+    if constants:  # somewhere validation does not look (e.g. "user")
+        raise APIError(400, f"the request body is not valid JSON: it holds {constants[0].name}, which JSON does not "
+                            f"have (NaN and Infinity are JavaScript, not JSON)", code="invalid_json")
     return EmbeddingRequest(model=model, texts=texts, tokens=tokens, dim=dim, encoding_format=fmt,
                             instruction=instruction, truncate=truncate)
+
+
+def too_many_tokens(n_tokens: int, limit: int) -> APIError:
+    """The answer to a request whose inputs hold more tokens than ``limit`` together (OpenAI's
+    code for its own 300,000-token limit)."""
+    return APIError(400, f"the request's inputs hold {n_tokens} tokens together, more than this server's limit of "
+                         f"{limit} per request (pooling tokens included); split it into several requests",
+                    param="input", code="max_tokens_per_request")
 
 
 def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:

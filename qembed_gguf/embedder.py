@@ -32,6 +32,7 @@ from .facts import ModelFacts
 from .fileinfo import read_gguf_info
 from .devices import gpu_free_bytes, gpu_offload_supported
 from .gguf_check import check_gguf, content_fingerprint, require_integrity
+from .lookup import Pending
 from .gpuplan import KV_CACHE_TYPES, ModelGeometry, Plan, check_gpu_request, resolve_gpu_layers
 from .modelcache import resolve_model
 from .postprocess import PRECISIONS, check_finite, l2_normalize, quantize_embeddings, truncate_dim
@@ -171,8 +172,13 @@ class Embedder:
         self.info = read_gguf_info(self.path, header=header)  # the header check_gguf already walked
         self.facts = ModelFacts.from_info(self.info)
         for problem in self.info.problems():
-            log.warning("%s: %s — corrected at run time (pooling LAST forced, <|endoftext|> appended)",
-                        self.path.name, problem)
+            if self.info.corrected_at_run_time(problem):
+                log.warning("%s: %s — corrected at run time (pooling LAST forced, <|endoftext|> appended, no BOS)",
+                            self.path.name, problem)
+            else:
+                log.warning("%s: %s — NOT corrected: llama.cpp tokenizes with the file's pre-tokenizer, so token "
+                            "ids (and vectors) may differ from the official tokenizer's; convert the checkpoint "
+                            "with qembed-gguf convert", self.path.name, problem)
 
         self._max_tokens, self._n_ctx, self._n_ubatch = context_sizes(
             max_tokens=max_tokens, n_ctx=n_ctx, n_ubatch=n_ubatch, trained=self.facts.context)
@@ -420,34 +426,23 @@ class Embedder:
     def _embed(self, items: list[str], *, dim: int | None, normalize: bool | None, batch_tokens: int | None,
                max_seqs: int | None, show_progress: bool) -> np.ndarray:
         """Embed model-ready texts: each distinct text is looked up in the cache (if any) and
-        decoded at most once, however often it occurs in ``items``."""
+        decoded at most once, however often it occurs in ``items`` (:class:`~qembed_gguf.lookup.Pending`)."""
         dim = self.check_dim(dim) if dim is not None else self._dim
         normalize = self.normalize if normalize is None else normalize
-        out = np.empty((len(items), dim or self.dim), dtype=np.float32)
         if not items:
             self.pool([], batch_tokens=batch_tokens)  # validates batch_tokens
-            return out
-        rows: dict[str, list[int]] = {}  # distinct text -> the rows that want it
-        for i, text in enumerate(items):
-            rows.setdefault(text, []).append(i)
-        texts = list(rows)
-        keys = self._cache.keys(texts, dim or self.dim, normalize) if self._cache is not None else None
-        found = self._cache.lookup(keys, dim or self.dim) if keys is not None else [None] * len(texts)
-        todo = [k for k, vec in enumerate(found) if vec is None]
+            return np.empty((0, dim or self.dim), dtype=np.float32)
+        pending = Pending.look_up(items, self._cache, dim=dim or self.dim, normalize=normalize)
         if self._cache is not None:
-            misses = sum(len(rows[texts[k]]) for k in todo)
-            self.stats.add(cache_hits=len(items) - misses, cache_misses=misses)
-        if todo:
-            sequences = self.fit(self._tokenize([texts[k] for k in todo]), rows=[rows[texts[k]] for k in todo])
+            self.stats.add(cache_hits=pending.hits, cache_misses=pending.misses)
+        missing = pending.missing
+        fresh = np.empty((0, dim or self.dim), dtype=np.float32)
+        if missing:
+            sequences = self.fit(self._tokenize([pending.texts[k] for k in missing]),
+                                 rows=[pending.rows[k] for k in missing])
             fresh = self._finish(self.pool(sequences, batch_tokens=batch_tokens, max_seqs=max_seqs,
                                            show_progress=show_progress), dim=dim, normalize=normalize)
-            for k, vec in zip(todo, fresh):
-                found[k] = vec
-            if keys is not None:
-                self._cache.store([keys[k] for k in todo], fresh)
-        for text, vec in zip(texts, found):
-            out[rows[text]] = vec
-        return out
+        return pending.complete(fresh)  # truncated ones too: the cache's settings say truncate=True
 
     def fit(self, sequences: list[list[int]], *, truncate: bool | None = None,
             rows: Sequence[Sequence[int]] | None = None) -> list[list[int]]:

@@ -121,6 +121,13 @@ class GGUFInfo:
             return []
         return [t for t in self.tensors if len(t.shape) > 1 and t.shape[0] % block]
 
+    @staticmethod
+    def corrected_at_run_time(problem: str) -> bool:
+        """Whether the Embedder makes up for ``problem`` (one of :meth:`problems`): it forces LAST
+        pooling, appends ``<|endoftext|>`` itself and adds no BOS, but tokenizes with the file's
+        pre-tokenizer, which it cannot replace."""
+        return not problem.startswith(("tokenizer.ggml.pre", "general.architecture"))
+
     def problems(self) -> list[str]:
         """What this file lacks for correct Qwen3-Embedding vectors (empty when all is well)."""
         out = []

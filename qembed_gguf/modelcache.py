@@ -42,12 +42,16 @@ def resolve_model(model: str | os.PathLike[str], *, cache_dir: str | os.PathLike
                   outtype: str = "q6_k", revision: str | None = None) -> Path:
     """The GGUF file for ``model`` (converting a checkpoint into the cache on first use)."""
     path = Path(model).expanduser()
+    if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO, a device, a socket
+        from .gguf_check import open_regular
+
+        open_regular(path).close()  # raises, naming what it is
     if path.suffix == ".gguf" or path.is_file():
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such GGUF file")
         return path
-    from .convert import convert
-    from .convert.source import resolve_source
+    from .converter import convert
+    from .converter.source import resolve_source
 
     source = resolve_source(model, revision=revision)
     key = f"{source.label}-{_fingerprint(source.folder)}"

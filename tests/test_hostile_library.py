@@ -5,17 +5,19 @@ server's hook for cancelled work, and a streamed standard input."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 
+import gguf
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from qembed_gguf import Embedder
 from qembed_gguf.cli import main
-from qembed_gguf.errors import InputError, InvalidTextError
+from qembed_gguf.errors import InputError, InvalidTextError, ModelLoadError
 from qembed_gguf.jobs import JobSettings, job_dir, run_embed_job
 
 
@@ -219,3 +221,24 @@ def test_a_bad_setting_leaves_no_job_folder_to_poison_the_corrected_run(model, t
     result = CliRunner().invoke(main, ["embed", str(model), str(src), "-o", str(out), "-q", "--dim", "64"])
     assert result.exit_code == 0, result.output
     assert np.load(out).shape == (2, 64)
+
+
+def test_a_foreign_pre_tokenizer_is_not_claimed_corrected(model, tmp_path, caplog):
+    """The Embedder makes up for a missing pooling type or EOS flag, not for the pre-tokenizer
+    llama.cpp tokenizes with: its warning must say so."""
+    from gguf_edit import copy_with_changes
+
+    foreign = copy_with_changes(model, tmp_path / "llama3-pre.gguf", values={"tokenizer.ggml.pre": ("llama3", gguf.GGUFValueType.STRING)})
+    with caplog.at_level("WARNING", logger="qembed_gguf"):
+        Embedder(foreign).close()
+    line = next(r.getMessage() for r in caplog.records if "tokenizer.ggml.pre" in r.getMessage())
+    assert "NOT corrected" in line and "pre-tokenizer" in line and "corrected at run time" not in line
+
+
+def test_a_fifo_is_refused_by_the_embedder_for_what_it_is(tmp_path):
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelLoadError, match=r"is a FIFO \(named pipe\), not a regular file"):
+        Embedder(fifo)  # a blocking open would hang here
+    with pytest.raises(ModelLoadError, match=r"is a character device"):
+        Embedder("/dev/zero")

@@ -13,6 +13,8 @@ The reference needs torch + transformers (the `test` extra).
 
 from __future__ import annotations
 
+import dataclasses
+
 import argparse
 import datetime
 import json
@@ -42,12 +44,12 @@ def measure(argv: list[str]) -> tuple[float, float]:
 
 def make_checkpoint(layers: int) -> Path:
     from qembed_gguf import registry
-    from qembed_gguf.synthetic import Qwen3Shape, write_checkpoint
+    from qembed_gguf.synthetic import write_checkpoint
 
     spec = registry.get_spec("Qwen3-Embedding-4B")
     folder = WORK / f"qwen3-4b-shaped-{layers}L"
     if not (folder / "config.json").is_file():
-        shape = Qwen3Shape.from_spec(spec, layers=layers)
+        shape = dataclasses.replace(spec.shape, layers=layers)
         t = time.perf_counter()
         write_checkpoint(folder, shape, tokenizer_from=registry.bundled_dir(registry.get_spec("tiny")), seed=4,
                          shards=4 if layers > 9 else 1, name=folder.name)

@@ -188,7 +188,7 @@ def prepare_models(work: Path, name: str, shape, quants: list[str], tokenizer_fr
     GGUF conversions (made once). Types the converter does not write (IQ4_NL) come from llama.cpp's
     quantizer run on the BF16 file."""
     from qembed_gguf import convert, registry
-    from qembed_gguf.convert.quantize import OutType, llama_quantize
+    from qembed_gguf.converter.quantize import OutType, llama_quantize
     from qembed_gguf.synthetic import write_checkpoint
 
     tiny = registry.bundled_dir(registry.get_spec("tiny"))
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("qembed_gguf").setLevel(logging.WARNING)
 
     from qembed_gguf import registry
-    from qembed_gguf.synthetic import SHAPES, Qwen3Shape
+    from qembed_gguf.synthetic import SHAPES
 
     workloads = set(args.workloads.split(","))
     args.work.mkdir(parents=True, exist_ok=True)
@@ -467,9 +467,9 @@ def main(argv: list[str] | None = None) -> int:
 
         tokenizer = write_qwen3_tokenizer(args.work / "qwen3-tokenizer")
         base_name = "0.6b-rv"
-        base_shape = Qwen3Shape.from_spec(registry.get_spec("qwen3-embedding-0.6b"), vocab=QWEN3_VOCAB_SIZE)
+        base_shape = dataclasses.replace(registry.get_spec("qwen3-embedding-0.6b").shape, vocab=QWEN3_VOCAB_SIZE)
         big_name = "4b-rv"
-        big_shape = Qwen3Shape.from_spec(registry.get_spec("qwen3-embedding-4b"), vocab=QWEN3_VOCAB_SIZE)
+        big_shape = dataclasses.replace(registry.get_spec("qwen3-embedding-4b").shape, vocab=QWEN3_VOCAB_SIZE)
         n1, n2, n3, n4, n_sweep, rounds = (args.w1_texts, args.w2_texts, args.w3_queries, args.w4_texts,
                                            args.sweep_texts, args.rounds)
         w2_range, scaling = (2000, 8000), SCALING_LENGTHS

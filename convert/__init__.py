@@ -2,23 +2,19 @@
 
 A pipeline of small steps — resolve the source, read config + safetensors, map tensor names,
 choose a type per tensor, quantize a row chunk at a time, write — whose only side effect is the
-final atomic rename. Installed as ``qembed_gguf.convert``.
-
-The module is itself callable — ``qembed_gguf.convert(src, outtype=...)`` is
-:func:`qembed_gguf.convert.convert` — so the package keeps one name for both the subpackage and
-its entry point without one shadowing the other.
+final atomic rename. The repository folder ``convert/`` installs as ``qembed_gguf.converter``;
+its entry point is re-exported as ``qembed_gguf.convert(src, outtype=...)``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
-import types
 from pathlib import Path
 
 from qembed_gguf import __version__, registry
-from qembed_gguf.gguf_check import seal
+from qembed_gguf.atomic import temporary_path
+from qembed_gguf.integrity import seal
 
 from .checkpoint import Checkpoint
 from .mapping import Qwen3Params, TensorPlan, plan_tensors
@@ -26,8 +22,6 @@ from .metadata import ModelInfo, write_metadata
 from .quantize import OUTTYPES, OutType, choose_type, encode_rows, get_outtype, llama_quantize
 from .source import Source, resolve_source
 from .tokenizer import read_vocab
-from qembed_gguf.atomic import temporary_path
-
 from .writer import TensorOut, atomic_output, write_gguf
 
 __all__ = ["convert", "OUTTYPES", "default_outfile"]
@@ -137,13 +131,3 @@ def convert(
             log.debug("sealed %s: blake2b %s", out.name, digest)
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``qembed_gguf.convert(...)`` call :func:`convert` while staying the subpackage."""
-
-    def __call__(self, *args, **kwargs) -> Path:
-        return convert(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

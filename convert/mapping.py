@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import gguf
 
 from qembed_gguf.errors import CheckpointFormatError, TensorMismatchError, UnsupportedModelError
+from qembed_gguf.layout import Qwen3Shape, TensorSpec, tensor_table
 
 __all__ = ["Qwen3Params", "TensorPlan", "plan_tensors"]
 
@@ -23,20 +24,12 @@ _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen3Params:
-    """The hyper-parameters of a Qwen3 decoder, validated."""
+class Qwen3Params(Qwen3Shape):
+    """The hyper-parameters of a Qwen3 decoder, validated: its shape and what else the GGUF records."""
 
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    ffn: int
-    vocab: int
-    context: int
-    rope_theta: float
-    rms_eps: float
-    tie_word_embeddings: bool
+    rope_theta: float = 1_000_000.0
+    rms_eps: float = 1e-6
+    tie_word_embeddings: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Qwen3Params":
@@ -88,58 +81,16 @@ class Qwen3Params:
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """GGUF tensor name → HF (PyTorch-order) shape, for every tensor a Qwen3 GGUF holds."""
-        h, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
-        shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (self.vocab, h)}
-        for i in range(self.layers):
-            b = f"blk.{i}."
-            shapes.update({
-                b + "attn_norm.weight": (h,),
-                b + "attn_q.weight": (q, h),
-                b + "attn_k.weight": (kv, h),
-                b + "attn_v.weight": (kv, h),
-                b + "attn_output.weight": (h, q),
-                b + "attn_q_norm.weight": (self.head_dim,),
-                b + "attn_k_norm.weight": (self.head_dim,),
-                b + "ffn_norm.weight": (h,),
-                b + "ffn_gate.weight": (self.ffn, h),
-                b + "ffn_up.weight": (self.ffn, h),
-                b + "ffn_down.weight": (h, self.ffn),
-            })
-        shapes["output_norm.weight"] = (h,)
-        return shapes
+        return {t.gguf_name: t.shape for t in tensor_table(self)}
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorPlan:
-    """One tensor to write: its checkpoint name, GGUF name and (HF-order) shape."""
-
-    hf_name: str
-    gguf_name: str
-    shape: tuple[int, ...]
-
-    @property
-    def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+#: one tensor to write: its checkpoint name (as the checkpoint spells it), GGUF name, HF-order shape
+TensorPlan = TensorSpec
 
 
-_HF_HINTS = {
-    "token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head",
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}
-
-
-def _hf_name_hint(gguf_name: str) -> str:
+def _hf_name_hint(gguf_name: str, params: Qwen3Params) -> str:
     """The Qwen3-Embedding (unprefixed) checkpoint name of a GGUF tensor name, for messages."""
-    parts = gguf_name.removesuffix(".weight").split(".")
-    if parts[0] == "blk":
-        return f"layers.{parts[1]}.{_HF_HINTS[parts[2]]}.weight"
-    return f"{_HF_HINTS[parts[0]]}.weight"
+    return next(t.hf_name for t in tensor_table(params, output=True) if t.gguf_name == gguf_name)
 
 
 def plan_tensors(hf_shapes: Mapping[str, tuple[int, ...]], params: Qwen3Params) -> list[TensorPlan]:
@@ -149,8 +100,7 @@ def plan_tensors(hf_shapes: Mapping[str, tuple[int, ...]], params: Qwen3Params) 
     output). ``lm_head.weight`` (absent from Qwen3-Embedding repos) becomes ``output.weight``.
     """
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, params.layers)
-    expected = params.expected_shapes()
-    expected["output.weight"] = (params.vocab, params.hidden)  # optional
+    expected = {t.gguf_name: t.shape for t in tensor_table(params, output=True)}  # output.weight: optional
     plans: dict[str, TensorPlan] = {}
     for hf_name, shape in hf_shapes.items():
         if hf_name.endswith(_IGNORED_SUFFIXES):
@@ -168,6 +118,6 @@ def plan_tensors(hf_shapes: Mapping[str, tuple[int, ...]], params: Qwen3Params) 
     missing = [name for name in expected if name not in plans and name != "output.weight"]
     if missing:
         raise TensorMismatchError(f"missing from the checkpoint (GGUF name {missing[0]!r}; {len(missing)} "
-                                  f"missing in all)", tensor=_hf_name_hint(missing[0]))
+                                  f"missing in all)", tensor=_hf_name_hint(missing[0], params))
     order = {name: i for i, name in enumerate(expected)}
     return sorted(plans.values(), key=lambda p: order[p.gguf_name])

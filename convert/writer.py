@@ -19,6 +19,7 @@ import numpy as np
 
 from qembed_gguf.atomic import atomic_path
 from qembed_gguf.errors import ConversionError, OutputExistsError
+from qembed_gguf.layout import tensor_nbytes
 
 __all__ = ["TensorOut", "atomic_output", "write_gguf"]
 
@@ -35,11 +36,7 @@ class TensorOut:
 
     @property
     def nbytes(self) -> int:
-        block, type_size = gguf.GGML_QUANT_SIZES[self.qtype]
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n // block * type_size
+        return tensor_nbytes(self.qtype, self.shape)
 
 
 @contextlib.contextmanager

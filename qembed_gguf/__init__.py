@@ -12,14 +12,18 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from pathlib import Path as _Path  # noqa: E402
+
+from . import _checkout  # noqa: E402
+
+_checkout.install(_Path(__file__).resolve().parent)  # a source checkout: convert/ and models/ at its top
+
 from . import errors, registry  # noqa: E402
 from .errors import *  # noqa: E402,F403 - every error class, exactly as errors.__all__ lists them
 from .embedder import Embedder  # noqa: E402
 from .fileinfo import GGUFInfo, read_gguf_info  # noqa: E402
 
-# The subpackage qembed_gguf.convert (repository folder convert/) is callable:
-# `qembed_gguf.convert(src, outtype=..., outfile=...)` runs qembed_gguf.convert.convert.
-from . import convert  # noqa: E402
+from .converter import convert  # noqa: E402  (the subpackage: the repository's convert/ folder)
 
 
 __all__ = ["__version__", "Embedder", "convert", "read_gguf_info", "GGUFInfo", "errors", "registry",

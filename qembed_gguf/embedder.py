@@ -31,7 +31,8 @@ from .errors import InputError, InputTooLongError, InputTypeError, ModelLoadErro
 from .facts import ModelFacts
 from .fileinfo import read_gguf_info
 from .devices import gpu_free_bytes, gpu_offload_supported
-from .gguf_check import check_gguf, content_fingerprint, require_integrity
+from .gguf_check import check_gguf
+from .integrity import content_fingerprint, require_integrity
 from .lookup import Pending
 from .gpuplan import KV_CACHE_TYPES, ModelGeometry, Plan, check_gpu_request, resolve_gpu_layers
 from .modelcache import resolve_model
@@ -255,10 +256,12 @@ class Embedder:
 
     @property
     def mrl_min_dim(self) -> int:
+        """The smallest Matryoshka dimension ``dim=`` accepts."""
         return self.facts.mrl_min_dim
 
     @property
     def max_tokens(self) -> int:
+        """The longest input, in tokens, the pooling token included."""
         return self._max_tokens
 
     @property
@@ -273,6 +276,7 @@ class Embedder:
 
     @property
     def n_vocab(self) -> int:
+        """Tokens in the model's vocabulary."""
         self._require_open()
         return self._runtime.n_vocab
 
@@ -283,6 +287,7 @@ class Embedder:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` freed the model."""
         return self._runtime is None
 
     @property

@@ -1,6 +1,6 @@
 """What a GGUF file holds, and what it lacks for correct Qwen3 embeddings.
 
-Built on the project's own header parser (:func:`qembed_gguf.gguf_check.read_header`): one walk
+Built on the project's own header parser (:func:`qembed_gguf.gguf_reader.read_header`): one walk
 of the header, no Python object per token or merge, so a 151,669-token vocabulary costs tens of
 milliseconds, not seconds (gguf-py's ``GGUFReader`` builds a field object for every string). :meth:`GGUFInfo.problems` lists what older community GGUFs got wrong — a missing
 pooling type (llama.cpp then returns per-token vectors), a missing ``add_eos_token`` or an EOS
@@ -22,7 +22,7 @@ import numpy as np
 
 from . import keys
 from .errors import ModelLoadError
-from .gguf_check import _SCALAR, _STRING, _U64, ArrayValue, GGUFHeader, open_regular, read_header
+from .gguf_reader import SCALAR_FORMATS, STRING, U64, ArrayValue, GGUFHeader, open_regular, read_header
 
 __all__ = ["GGUFInfo", "TensorInfo", "read_gguf_info"]
 
@@ -121,6 +121,28 @@ class GGUFInfo:
             return []
         return [t for t in self.tensors if len(t.shape) > 1 and t.shape[0] % block]
 
+    def to_dict(self, *, refusal: Exception | None = None) -> dict[str, Any]:
+        """What ``qembed-gguf info --json`` prints: the summary, what validation said (``refusal``:
+        the error :func:`~qembed_gguf.gguf_check.check_gguf` raised, if any) and the scalar metadata
+        (a crafted file's NaN or infinity as strings: JSON has neither)."""
+        def plain(v):
+            if isinstance(v, float) and not math.isfinite(v):
+                return repr(v)
+            return v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
+
+        meta = {k: plain(v) for k, v in self.metadata.items()
+                if not k.startswith("tokenizer.ggml.") or not hasattr(v, "__len__")}
+        error = None if refusal is None else {
+            "type": type(refusal).__name__, "message": str(refusal), "field": getattr(refusal, "field", None),
+            "offset": getattr(refusal, "offset", None)}
+        return {
+            "path": str(self.path), "file_size": self.file_size, "architecture": plain(self.architecture),
+            "dim": plain(self.dim), "layers": plain(self.layers), "pooling": self.pooling, "eos_token": self.eos_token,
+            "file_type": self.file_type, "bits_per_weight": round(self.bits_per_weight, 4), "type_mix": self.type_mix,
+            "valid": refusal is None, "error": error, "problems": self.problems(),
+            "sealed": isinstance(self.get(keys.INTEGRITY), str), "metadata": meta,
+        }
+
     @staticmethod
     def corrected_at_run_time(problem: str) -> bool:
         """Whether the Embedder makes up for ``problem`` (one of :meth:`problems`): it forces LAST
@@ -169,15 +191,15 @@ def _decode(value: Any, buf) -> Any:
     :class:`StringArray` (their length only)."""
     if not isinstance(value, ArrayValue):
         return value
-    if value.type == _STRING:
+    if value.type == STRING:
         return StringArray(value.count)
     # the header parser's element formats ("<I", "<f", ...) are numpy dtypes as they are
-    return np.frombuffer(buf, dtype=_SCALAR[value.type], count=value.count, offset=value.offset).tolist()
+    return np.frombuffer(buf, dtype=SCALAR_FORMATS[value.type], count=value.count, offset=value.offset).tolist()
 
 
 def _string_at(buf, array: ArrayValue, index: int) -> str:
     """Element ``index`` of a string array the header parser already bounded (a walk over lengths)."""
-    pos, unpack = array.offset, _U64.unpack_from
+    pos, unpack = array.offset, U64.unpack_from
     for _ in range(index):
         pos += 8 + unpack(buf, pos)[0]
     (n,) = unpack(buf, pos)
@@ -187,7 +209,7 @@ def _string_at(buf, array: ArrayValue, index: int) -> str:
 def read_gguf_info(path: str | Path, *, header: GGUFHeader | None = None, validated: bool = False) -> GGUFInfo:
     """Read a GGUF file's metadata and tensor table (not its tensor data).
 
-    The header is parsed and validated structurally (:func:`qembed_gguf.gguf_check.read_header`),
+    The header is parsed and validated structurally (:func:`qembed_gguf.gguf_reader.read_header`),
     so a malformed file is a :class:`CorruptModelError` naming the field and byte offset.
     ``header``: the caller's already-parsed header of this file (e.g. from
     :func:`~qembed_gguf.gguf_check.check_gguf`), so it is not walked twice. ``validated`` is
@@ -204,7 +226,7 @@ def read_gguf_info(path: str | Path, *, header: GGUFHeader | None = None, valida
             eos_id, tokens = h.get("tokenizer.ggml.eos_token_id"), h.get("tokenizer.ggml.tokens")
             eos = None
             if (isinstance(eos_id, int) and not isinstance(eos_id, bool) and isinstance(tokens, ArrayValue)
-                    and tokens.type == _STRING and 0 <= eos_id < tokens.count):
+                    and tokens.type == STRING and 0 <= eos_id < tokens.count):
                 eos = _string_at(mm, tokens, eos_id)
         except (struct.error, ValueError, OverflowError) as exc:  # the file changed after its header was checked
             raise ModelLoadError(f"{path}: header no longer matches the file ({type(exc).__name__}: {exc}); "

@@ -34,6 +34,7 @@ from typing import Iterable, Sequence
 import gguf
 
 from .errors import InputError, ModelLoadError
+from .layout import tensor_nbytes, tensor_table
 
 __all__ = ["ModelGeometry", "Plan", "Usage", "GpuDecision", "MiB", "GiB", "parse_size", "format_size",
            "kv_bytes_per_layer", "compute_buffer_bytes", "offload_usage", "plan_offload", "check_gpu_request", "resolve_gpu_layers", "max_full_context", "fit_table",
@@ -70,17 +71,6 @@ def parse_size(text: str | int) -> int:
 
 def format_size(n: int) -> str:
     return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
-
-
-def tensor_nbytes(ggml_type: int, shape: Sequence[int]) -> int:
-    """Bytes of a tensor of ``ggml_type`` and ggml ``shape`` (row length first)."""
-    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
-    n = 1
-    for d in shape:
-        n *= int(d)
-    if n % block:
-        raise InputError(f"{n} values are not a whole number of {block}-value blocks")
-    return n // block * type_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +114,7 @@ class ModelGeometry:
 
     @classmethod
     def from_header(cls, header) -> "ModelGeometry":
-        """From :func:`qembed_gguf.gguf_check.read_header` (no tensor data is read)."""
+        """From :func:`qembed_gguf.gguf_reader.read_header` (no tensor data is read)."""
         arch = header.metadata.get("general.architecture")
 
         def key(name: str):
@@ -143,18 +133,13 @@ class ModelGeometry:
         """For a registry model (:class:`~qembed_gguf.registry.ModelSpec`) as ``qembed-gguf convert``
         would write it as ``outtype``: the tensor list and per-tensor types are predicted (the same
         policy the converter uses; K-quant mixes mirror llama.cpp's quantizer), no file needed."""
-        from .convert.mapping import Qwen3Params
-        from .convert.quantize import get_outtype, predict_type
+        from .converter.quantize import get_outtype, predict_type
 
-        ot = get_outtype(outtype)
-        params = Qwen3Params(hidden=spec.dim, layers=spec.layers, heads=spec.heads, kv_heads=spec.kv_heads,
-                             head_dim=spec.head_dim, ffn=spec.ffn, vocab=spec.vocab, context=spec.context,
-                             rope_theta=1e6, rms_eps=1e-6, tie_word_embeddings=False)
-        tensors = [(name, predict_type(name, shape, ot, n_layer=spec.layers), tuple(reversed(shape)))
-                   for name, shape in params.expected_shapes().items()]
-        return cls.from_tensors(tensors, n_layer=spec.layers, n_embd=spec.dim, n_head=spec.heads,
-                                n_head_kv=spec.kv_heads, head_dim=spec.head_dim, n_ff=spec.ffn,
-                                label=f"{spec.name} {ot.name.upper()}")
+        ot, s = get_outtype(outtype), spec.shape
+        tensors = [(t.gguf_name, predict_type(t.gguf_name, t.shape, ot, n_layer=s.layers), t.ggml_shape)
+                   for t in tensor_table(s)]
+        return cls.from_tensors(tensors, n_layer=s.layers, n_embd=s.hidden, n_head=s.heads, n_head_kv=s.kv_heads,
+                                head_dim=s.head_dim, n_ff=s.ffn, label=f"{spec.name} {ot.name.upper()}")
 
 
 def kv_bytes_per_layer(geom: ModelGeometry, n_ctx: int, kv_type: str = "f16") -> int:
@@ -230,15 +215,18 @@ class Plan:
     def gpu_bytes(self) -> int:
         return self.usage.total
 
+    def placement(self) -> str:
+        """Where the layers go, in words (the ``plan`` command's verdict, the log line's start)."""
+        u, n = self.usage, self.n_layer
+        if u.n_gpu_layers == 0:
+            return "not even the output layer and the buffers fit; run on the CPU"
+        if self.fits_fully:
+            return f"everything fits (all {n} blocks + output layer)"
+        return f"the output layer and the last {u.blocks} of {n} blocks; {n - u.blocks} blocks run on the CPU"
+
     def describe(self) -> str:
         u = self.usage
-        if u.n_gpu_layers == 0:
-            where = "nothing fits: everything on the CPU"
-        elif self.fits_fully:
-            where = f"all {self.n_layer} blocks + output on the GPU"
-        else:
-            where = f"{u.blocks}/{self.n_layer} blocks + output on the GPU (n_gpu_layers={u.n_gpu_layers})"
-        return (f"{self.label + ': ' if self.label else ''}{where}; GPU {format_size(u.total)} of "
+        return (f"{self.label + ': ' if self.label else ''}n_gpu_layers={u.n_gpu_layers}: {self.placement()}; GPU {format_size(u.total)} of "
                 f"{format_size(self.budget_bytes)} (weights {format_size(u.weights)}, KV {format_size(u.kv)}, "
                 f"compute {format_size(u.compute)}, overhead {format_size(u.overhead)}, +margin); "
                 f"host {format_size(self.host_bytes)}; full offload needs {format_size(self.full_usage.total)} "

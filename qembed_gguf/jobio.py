@@ -18,7 +18,7 @@ from typing import IO, Any, Iterable, Iterator
 from .errors import InputError
 from .validate import lone_surrogate
 
-__all__ = ["NO_ID", "iter_txt", "iter_jsonl", "iter_records", "input_format", "open_input", "is_regular_file",
+__all__ = ["INPUT_FORMATS", "NO_ID", "iter_txt", "iter_jsonl", "iter_records", "input_format", "open_input", "is_regular_file",
            "ids_path"]
 
 
@@ -67,7 +67,11 @@ def iter_jsonl(lines: Iterable[bytes], *, field: str = "text", source: str = "<i
         yield lineno, obj[field], obj["id"] if has_id else NO_ID
 
 
+INPUT_FORMATS = ("auto", "txt", "jsonl")
+
+
 def input_format(path: str, fmt: str) -> str:
+    """The format of ``path`` (one of :data:`INPUT_FORMATS`; ``auto``: by its suffix)."""
     if fmt == "auto":
         return "jsonl" if str(path).endswith((".jsonl", ".ndjson")) else "txt"
     if fmt not in ("txt", "jsonl"):

@@ -20,7 +20,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -146,6 +148,19 @@ def _check_manifest(old: dict, new: dict, folder: Path) -> None:
             raise differs(f"setting {key}", old["settings"].get(key), value)
 
 
+FAULT_ENV = "QEMBED_JOB_FAULT"
+
+
+def _fault_point(k: int, stage: str) -> None:
+    """The tests' kill -9 at a chosen point: ``QEMBED_JOB_FAULT="K:STAGE"`` makes the process
+    SIGKILL itself at chunk K's ``before-vectors`` (ids written, vectors not) or ``after-vectors``
+    point, so a resumed run can be checked against every interruption point deterministically.
+    Unset (always, outside the tests) it costs one dict lookup per chunk."""
+    fault = os.environ.get(FAULT_ENV)
+    if fault and fault == f"{k}:{stage}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _chunk_path(folder: Path, k: int) -> Path:
     return folder / f"chunk-{k:06d}.npy"
 
@@ -237,8 +252,10 @@ def _run(embedder, opener: Callable[[], IO[bytes]], source: str, fmt: str, out: 
                     if has_ids:
                         with atomic_file(folder / f"chunk-{k:06d}.ids.json") as fid:
                             fid.write(json.dumps([i for _, _, i in chunk], ensure_ascii=False).encode())
+                    _fault_point(k, "before-vectors")
                     with atomic_file(path) as fout:  # the vectors last: their presence marks the chunk done
                         np.save(fout, vectors, allow_pickle=False)
+                    _fault_point(k, "after-vectors")
                 if progress:
                     progress(rows)
         seconds = time.perf_counter() - started

@@ -43,7 +43,7 @@ def resolve_model(model: str | os.PathLike[str], *, cache_dir: str | os.PathLike
     """The GGUF file for ``model`` (converting a checkpoint into the cache on first use)."""
     path = Path(model).expanduser()
     if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO, a device, a socket
-        from .gguf_check import open_regular
+        from .gguf_reader import open_regular
 
         open_regular(path).close()  # raises, naming what it is
     if path.suffix == ".gguf" or path.is_file():

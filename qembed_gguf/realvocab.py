@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from importlib.util import find_spec
 from pathlib import Path
 
-from .convert.tokenizer import POOLING_TOKEN, QWEN2_PRETOKENIZER_REGEX
+from .converter.tokenizer import POOLING_TOKEN, QWEN2_PRETOKENIZER_REGEX
 from .errors import CheckpointFormatError
 from .registry import bundled_dir, get_spec
 

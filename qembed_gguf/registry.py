@@ -19,10 +19,12 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from .errors import ModelSpecError, UnknownModelError
+from .layout import Qwen3Shape
 
 __all__ = ["ModelSpec", "all_specs", "get_spec", "find_spec", "family_spec", "bundled_dir"]
 
 _MODELS_PACKAGE = "qembed_gguf.models"
+_TOML_KEYS = {"hidden": "dim"}  # Qwen3Shape field -> the TOML key that holds it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,14 +36,7 @@ class ModelSpec:
     """
 
     name: str
-    layers: int
-    dim: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    ffn: int
-    vocab: int
-    context: int
+    shape: Qwen3Shape           # from the TOML's layers, dim (the hidden size), heads, … context keys
     mrl_min_dim: int
     query_template: str
     default_task: str
@@ -56,20 +51,27 @@ class ModelSpec:
     description: str = ""
 
     def __post_init__(self) -> None:
-        for field in ("layers", "dim", "heads", "kv_heads", "head_dim", "ffn", "vocab", "context"):
-            value = getattr(self, field)
+        for field in dataclasses.fields(Qwen3Shape):
+            value = getattr(self.shape, field.name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ModelSpecError(f"model spec {self.name!r}: {field} must be a positive integer, got {value!r}")
+                key = _TOML_KEYS.get(field.name, field.name)
+                raise ModelSpecError(f"model spec {self.name!r}: {key} must be a positive integer, got {value!r}")
         if not 0 < self.mrl_min_dim <= self.dim:
             raise ModelSpecError(f"model spec {self.name!r}: mrl_min_dim {self.mrl_min_dim} not in [1, dim={self.dim}]")
-        if self.heads % self.kv_heads:
-            raise ModelSpecError(f"model spec {self.name!r}: heads {self.heads} not a multiple of kv_heads {self.kv_heads}")
+        if self.shape.heads % self.shape.kv_heads:
+            raise ModelSpecError(f"model spec {self.name!r}: heads {self.shape.heads} not a multiple of kv_heads "
+                                 f"{self.shape.kv_heads}")
         if "{task}" not in self.query_template or "{text}" not in self.query_template:
             raise ModelSpecError(f"model spec {self.name!r}: query_template must contain {{task}} and {{text}}")
         if self.pooling != "last":
             raise ModelSpecError(f"model spec {self.name!r}: only pooling = 'last' is supported, got {self.pooling!r}")
         if (self.hub_id is None) == (self.bundled is None):
             raise ModelSpecError(f"model spec {self.name!r}: exactly one of hub_id and bundled must be set")
+
+    @property
+    def dim(self) -> int:
+        """The full embedding dimension (the hidden size)."""
+        return self.shape.hidden
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -83,11 +85,17 @@ class ModelSpec:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "<mapping>") -> "ModelSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
+        """A spec from a TOML file's flat keys (the shape's among them, ``dim`` for the hidden size)."""
+        shape_keys = {_TOML_KEYS.get(f.name, f.name): f.name for f in dataclasses.fields(Qwen3Shape)}
+        known = ({f.name for f in dataclasses.fields(cls)} - {"shape"}) | set(shape_keys)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelSpecError(f"{source}: unknown key(s) {', '.join(unknown)}")
-        kwargs = dict(data)
+        kwargs = {k: v for k, v in data.items() if k not in shape_keys}
+        missing = sorted(k for k in shape_keys if k not in data and k != "context")
+        if missing:
+            raise ModelSpecError(f"{source}: missing key(s) {', '.join(missing)}")
+        kwargs["shape"] = Qwen3Shape(**{shape_keys[k]: v for k, v in data.items() if k in shape_keys})
         if "aliases" in kwargs:
             kwargs["aliases"] = tuple(kwargs["aliases"])
         try:

@@ -91,13 +91,7 @@ def render_plan(plan: Plan, geom: ModelGeometry, *, source: str, n_ubatch: int, 
     """``qembed-gguf plan``: the chosen ``n_gpu_layers`` and where every byte goes."""
     u, full = plan.usage, plan.full_usage
     n = geom.n_layer
-    if u.n_gpu_layers == 0:
-        verdict = "n_gpu_layers = 0: not even the output layer and the buffers fit; run on the CPU"
-    elif plan.fits_fully:
-        verdict = f"n_gpu_layers = {u.n_gpu_layers}: everything fits (all {n} blocks + output layer)"
-    else:
-        verdict = (f"n_gpu_layers = {u.n_gpu_layers}: the output layer and the last {u.blocks} of {n} blocks; "
-                   f"{n - u.blocks} blocks run on the CPU")
+    verdict = f"n_gpu_layers = {u.n_gpu_layers}: {plan.placement()}"
     per_block_kv = u.kv // u.blocks if u.blocks else full.kv // n
     lines = [
         f"model:    {geom.label} ({source}); {n} blocks, {format_size(geom.weight_bytes)} of weights",
@@ -168,3 +162,19 @@ def render_doctor(d) -> str:
     lines.append(f"install:   qembed-gguf backend install --preset {d.preset}")
     lines.extend(f"WARNING:   {w}" for w in d.warnings)
     return "\n".join(lines)
+
+
+README_BUDGETS = ("4GB", "6GB", "8GB", "12GB")
+README_CONTEXTS = (2048, 8192, 32768)
+README_QUANTS = ("q4_k_m", "q8_0", "f16")
+
+
+def readme_fit_table() -> str:
+    """The README's GPU table (``qembed-gguf plan --table``): the 0.6B/4B/8B models at
+    Q4_K_M/Q8_0/F16, 2K/8K/32K contexts, 4-12 GB budgets."""
+    from . import registry
+    from .gpuplan import ModelGeometry, fit_table, parse_size
+
+    budgets = [parse_size(b) for b in README_BUDGETS]
+    geoms = [ModelGeometry.from_spec(spec, q) for spec in registry.all_specs() if spec.hub_id for q in README_QUANTS]
+    return render_fit_table(fit_table(geoms, budgets=budgets, contexts=README_CONTEXTS), budgets)

@@ -12,7 +12,6 @@ Generation is deterministic: each tensor's values depend only on ``seed`` and th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import zlib
@@ -22,28 +21,9 @@ from typing import Iterator
 import numpy as np
 
 from .errors import InputError
-from .registry import ModelSpec
+from .layout import Qwen3Shape, tensor_table
 
 __all__ = ["Qwen3Shape", "SHAPES", "qwen3_config", "tensor_specs", "write_checkpoint", "write_safetensors"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Qwen3Shape:
-    """The numbers that fix a Qwen3 decoder's tensor shapes."""
-
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    ffn: int
-    vocab: int
-    context: int = 32768
-
-    @classmethod
-    def from_spec(cls, spec: ModelSpec, *, vocab: int | None = None, layers: int | None = None) -> "Qwen3Shape":
-        return cls(hidden=spec.dim, layers=layers or spec.layers, heads=spec.heads, kv_heads=spec.kv_heads,
-                   head_dim=spec.head_dim, ffn=spec.ffn, vocab=vocab or spec.vocab, context=spec.context)
 
 
 # Shapes used by the tests and benchmarks. "tiny" is the bundled demo model's shape.
@@ -88,26 +68,9 @@ def qwen3_config(shape: Qwen3Shape, *, eos_token_id: int, tie_word_embeddings: b
 
 
 def tensor_specs(shape: Qwen3Shape, *, prefix: str = "") -> list[tuple[str, tuple[int, ...]]]:
-    """(name, HF shape) of every tensor of a Qwen3-Embedding checkpoint, in HF order."""
-    h, q, kv = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    specs: list[tuple[str, tuple[int, ...]]] = [(f"{prefix}embed_tokens.weight", (shape.vocab, h))]
-    for i in range(shape.layers):
-        p = f"{prefix}layers.{i}."
-        specs += [
-            (p + "input_layernorm.weight", (h,)),
-            (p + "self_attn.q_proj.weight", (q, h)),
-            (p + "self_attn.k_proj.weight", (kv, h)),
-            (p + "self_attn.v_proj.weight", (kv, h)),
-            (p + "self_attn.o_proj.weight", (h, q)),
-            (p + "self_attn.q_norm.weight", (shape.head_dim,)),
-            (p + "self_attn.k_norm.weight", (shape.head_dim,)),
-            (p + "post_attention_layernorm.weight", (h,)),
-            (p + "mlp.gate_proj.weight", (shape.ffn, h)),
-            (p + "mlp.up_proj.weight", (shape.ffn, h)),
-            (p + "mlp.down_proj.weight", (h, shape.ffn)),
-        ]
-    specs.append((f"{prefix}norm.weight", (h,)))
-    return specs
+    """(name, HF shape) of every tensor of a Qwen3-Embedding checkpoint, in HF order (the layout
+    table's; ``prefix="model."`` as Qwen3ForCausalLM checkpoints name them)."""
+    return [(prefix + t.hf_name, t.shape) for t in tensor_table(shape)]
 
 
 def _f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qembed_gguf.convert.checkpoint import MAX_HEADER_BYTES, Checkpoint, SafetensorsFile
+from qembed_gguf.converter.checkpoint import MAX_HEADER_BYTES, Checkpoint, SafetensorsFile
 from qembed_gguf.errors import CheckpointFormatError, UnsupportedModelError
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")

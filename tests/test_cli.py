@@ -89,7 +89,7 @@ def test_info_and_verify_refuse_a_fifo(tmp_path):
     os.mkfifo(fifo)
     for command in ("info", "verify"):
         r = subprocess.run([sys.executable, "-m", "qembed_gguf", command, str(fifo)], capture_output=True, text=True,
-                           timeout=30, cwd=tmp_path)  # not the repo root: its source tree would shadow the package
+                           timeout=30, cwd=tmp_path)
         assert r.returncode == 1 and "is a FIFO (named pipe), not a regular file" in r.stderr, (command, r.stderr)
 
 

@@ -153,7 +153,7 @@ def test_existing_output_needs_force(tiny_dir, tmp_path):
 @pytest.mark.parametrize("outtype", ["q8_0", "q4_k_m"])
 def test_interrupt_leaves_nothing(tiny_dir, tmp_path, monkeypatch, outtype):
     """Ctrl-C in the middle of writing tensor data: no .gguf, no temporary file."""
-    import qembed_gguf.convert as conv
+    import qembed_gguf.converter as conv
 
     calls = {"n": 0}
     real = conv.encode_rows

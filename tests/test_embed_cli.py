@@ -51,7 +51,7 @@ def test_stdin_txt_and_precision(model, tmp_path):
     out = tmp_path / "bits.npy"
     proc = subprocess.run([sys.executable, "-m", "qembed_gguf", "embed", str(model), "-", "-o", str(out),
                            "--precision", "ubinary"], input="alpha\nbeta\n\ngamma\n".encode(), capture_output=True,
-                          cwd=tmp_path)  # not the repository root: its source folder would shadow the install
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     assert "4 texts" in proc.stderr.decode() and "tokens/s" in proc.stderr.decode()
     bits = np.load(out)

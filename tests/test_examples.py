@@ -25,7 +25,6 @@ import faiss  # noqa: E402,F401 - the semantic-search example needs faiss-cpu (t
 
 
 def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    # cwd: never the repository root, whose source folder would shadow the installed package;
     # QEMBED_CACHE (set by conftest) makes the subprocess reuse the session's tiny conversion
     env = {**os.environ, "QEMBED_CACHE": os.environ["QEMBED_CACHE"]}
     return subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), *args], capture_output=True, text=True,

@@ -118,20 +118,20 @@ def test_unsealed_file_is_reported(reference_converted, tmp_path):
     with pytest.raises(IntegrityError, match="no .* seal"):
         Embedder(path, verify=True)
     r = subprocess.run([sys.executable, "-m", "qembed_gguf", "verify", str(path)], capture_output=True, text=True,
-                       cwd=tmp_path)  # not the repo root: its source tree would shadow the installed package
+                       cwd=tmp_path)
     assert r.returncode == 3 and "no integrity seal" in r.stdout
 
 
 def test_verify_cli(gguf_file, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "qembed_gguf", "verify", str(gguf_file)], capture_output=True, text=True,
-                       cwd=tmp_path)  # not the repo root: its source tree would shadow the installed package
+                       cwd=tmp_path)
     assert ok.returncode == 0 and "OK" in ok.stdout
     m = bytearray(gguf_file.read_bytes())
     m[-3] ^= 1
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(bytes(m))
     r = subprocess.run([sys.executable, "-m", "qembed_gguf", "verify", str(bad)], capture_output=True, text=True,
-                       cwd=tmp_path)  # not the repo root: its source tree would shadow the installed package
+                       cwd=tmp_path)
     assert r.returncode == 1 and "IntegrityError" in r.stderr
 
 

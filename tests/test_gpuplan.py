@@ -141,7 +141,8 @@ def test_4b_q4_k_m_at_8k_fits_a_4gb_card_fully():
     # and at 32K it says exactly how many blocks do
     long = plan_offload(g, budget_bytes=parse_size("4GB"), n_ctx=32768)
     assert not long.fits_fully and 0 < long.usage.blocks < 36
-    assert long.describe().startswith(f"Qwen3-Embedding-4B Q4_K_M: {long.usage.blocks}/36 blocks + output")
+    assert long.describe().startswith(f"Qwen3-Embedding-4B Q4_K_M: n_gpu_layers={long.usage.n_gpu_layers}: the output "
+                                      f"layer and the last {long.usage.blocks} of 36 blocks")
 
 
 def test_no_budget_means_cpu_and_kv_type_matters():
@@ -202,12 +203,14 @@ def test_resolve_gpu_layers():
 
 
 # -- against llama.cpp ------------------------------------------------------------------------------
+DEEP = Qwen3Shape(hidden=256, layers=28, heads=4, kv_heads=2, head_dim=64, ffn=512, vocab=4096)
+
+
 @pytest.fixture(scope="module")
 def deep_checkpoint(tiny_dir, tmp_path_factory) -> Path:
     """28 blocks (the 0.6B's count, so the Q4_K_M/Q5_K_M layer pattern is the real one) of small
     matrices whose rows are multiples of 256, so every K-quant applies."""
-    shape = Qwen3Shape(hidden=256, layers=28, heads=4, kv_heads=2, head_dim=64, ffn=512, vocab=4096)
-    return write_checkpoint(tmp_path_factory.mktemp("deep") / "deep-qwen3", shape, tokenizer_from=tiny_dir, seed=3)
+    return write_checkpoint(tmp_path_factory.mktemp("deep") / "deep-qwen3", DEEP, tokenizer_from=tiny_dir, seed=3)
 
 
 @pytest.mark.parametrize("outtype", ["q4_k_m", "q5_k_m", "q6_k", "q5_k_s"])
@@ -215,7 +218,7 @@ def test_predicted_type_mix_is_llama_cpps(deep_checkpoint, tmp_path, outtype):
     """ModelGeometry.from_spec predicts per-tensor types without a file; llama.cpp's quantizer is
     the reference (via qembed-gguf convert), tensor by tensor and byte for byte."""
     from qembed_gguf import convert
-    from qembed_gguf.convert.quantize import get_outtype, predict_type
+    from qembed_gguf.converter.quantize import get_outtype, predict_type
 
     out = convert(deep_checkpoint, outtype=outtype, outfile=tmp_path / f"deep-{outtype}.gguf", quiet=True)
     header = check_gguf(out)
@@ -223,9 +226,8 @@ def test_predicted_type_mix_is_llama_cpps(deep_checkpoint, tmp_path, outtype):
     predicted = {t.name: predict_type(t.name, tuple(reversed(t.shape)), ot, n_layer=28) for t in header.tensors}
     actual = {t.name: T(t.ggml_type) for t in header.tensors}
     assert predicted == actual
-    spec = registry.ModelSpec(name="deep", layers=28, dim=256, heads=4, kv_heads=2, head_dim=64, ffn=512, vocab=4096,
-                              context=32768, mrl_min_dim=32, query_template="{task}{text}", default_task="t",
-                              license="-", bundled="x")
+    spec = registry.ModelSpec(name="deep", shape=DEEP, mrl_min_dim=32, query_template="{task}{text}",
+                              default_task="t", license="-", bundled="x")
     from_spec, from_file = ModelGeometry.from_spec(spec, outtype), ModelGeometry.from_header(header)
     assert (from_spec.layer_bytes, from_spec.input_bytes, from_spec.output_bytes) == \
         (from_file.layer_bytes, from_file.input_bytes, from_file.output_bytes)
@@ -270,9 +272,9 @@ def test_kv_and_compute_against_llama_cpp(converted, n_ctx, flash_attn, kv):
 
 
 def test_readme_gpu_table_is_the_planners():
-    from qembed_gguf.cli import fit_table_markdown
+    from qembed_gguf.report import readme_fit_table
 
     readme = (ROOT / "README.md").read_text("utf-8")
     m = re.search(r"<!-- gpu-table:start.*?-->\n(.*?)\n<!-- gpu-table:end -->", readme, re.S)
     assert m, "README.md has no generated GPU table"
-    assert m.group(1).strip() == fit_table_markdown().strip(), "regenerate it: qembed-gguf plan --table"
+    assert m.group(1).strip() == readme_fit_table().strip(), "regenerate it: qembed-gguf plan --table"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from gguf_edit import V, copy_with_changes
-from qembed_gguf import convert, gguf_check
+from qembed_gguf import convert, gguf_check, gguf_vocab
 from qembed_gguf.errors import CorruptModelError, ModelLoadError
 from qembed_gguf.gguf_check import check_gguf, read_header
 from qembed_gguf.synthetic import Qwen3Shape, write_checkpoint
@@ -195,18 +195,18 @@ def test_vocabulary_hashes_are_exact_where_it_matters():
     inside a group of colliding hashes (A, B, A with one hash: the A pair is found, not A/B)."""
     data = b"..abc..xyzabc.xy"
     starts, ends = np.array([2, 7, 10, 14]), np.array([5, 10, 13, 16])  # abc, xyz, abc, xy
-    keys = gguf_check._string_keys(data, starts, ends)
+    keys = gguf_vocab._string_keys(data, starts, ends)
     assert keys[0] == keys[2] and len({int(k) for k in keys}) == 3
-    assert int(keys[0]) == gguf_check._hash_bytes(b"abc") and int(keys[3]) == gguf_check._hash_bytes(b"xy")
-    joined = gguf_check._joined_keys(b"ab c xy z", np.array([0, 5]), np.array([2, 7]), np.array([4, 9]))
-    assert [int(k) for k in joined] == [gguf_check._hash_bytes(b"abc"), gguf_check._hash_bytes(b"xyz")]
+    assert int(keys[0]) == gguf_vocab._hash_bytes(b"abc") and int(keys[3]) == gguf_vocab._hash_bytes(b"xy")
+    joined = gguf_vocab._joined_keys(b"ab c xy z", np.array([0, 5]), np.array([2, 7]), np.array([4, 9]))
+    assert [int(k) for k in joined] == [gguf_vocab._hash_bytes(b"abc"), gguf_vocab._hash_bytes(b"xyz")]
     forced = np.zeros(3, dtype=np.uint64)  # every key collides
     text = b"AAABBBAAA"
-    assert gguf_check._first_duplicate(forced, np.sort(forced), text, np.array([0, 3, 6]),
+    assert gguf_vocab._first_duplicate(forced, np.sort(forced), text, np.array([0, 3, 6]),
                                        np.array([3, 6, 9])) == (0, 2)
-    assert gguf_check._first_duplicate(forced, np.sort(forced), b"AAABBBCCC", np.array([0, 3, 6]),
+    assert gguf_vocab._first_duplicate(forced, np.sort(forced), b"AAABBBCCC", np.array([0, 3, 6]),
                                        np.array([3, 6, 9])) is None
     # a region longer than one 64 KiB chunk
     big = bytes(range(256)) * 1024 + b"abc"
-    far = gguf_check._string_keys(big, np.array([0, len(big) - 3]), np.array([3, len(big)]))
-    assert int(far[1]) == gguf_check._hash_bytes(b"abc") and int(far[0]) == gguf_check._hash_bytes(bytes([0, 1, 2]))
+    far = gguf_vocab._string_keys(big, np.array([0, len(big) - 3]), np.array([3, len(big)]))
+    assert int(far[1]) == gguf_vocab._hash_bytes(b"abc") and int(far[0]) == gguf_vocab._hash_bytes(bytes([0, 1, 2]))

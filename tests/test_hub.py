@@ -61,7 +61,7 @@ def test_not_in_cache_offline_is_a_clear_error(hub_cache, tmp_path):
 
 def test_registry_name_resolves_to_hub_id(hub_cache, tmp_path, monkeypatch):
     """`qwen3-embedding-4b` means the hub repo Qwen/Qwen3-Embedding-4B, with the files conversion needs."""
-    from qembed_gguf.convert import source
+    from qembed_gguf.converter import source
 
     seen = {}
 

@@ -11,8 +11,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ import pytest
 from conftest import TEXTS
 from qembed_gguf import Embedder
 from qembed_gguf.errors import InputError
-from qembed_gguf.jobs import JobSettings, job_dir, run_embed_job
+from qembed_gguf.jobs import FAULT_ENV, JobSettings, job_dir, run_embed_job
 
 
 def _corpus(n: int, seed: int = 0) -> list[str]:
@@ -33,38 +31,26 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "qembed_gguf", "embed", *args, "--quiet"]
 
 
-@pytest.mark.slow
-def test_kill_9_at_random_points_then_resume_is_bit_identical(converted, tmp_path):
+def test_kill_9_at_every_kind_of_point_then_resume_is_bit_identical(converted, tmp_path):
+    """kill -9 (the job's own fault hook, so the points are exact, not timed) between a chunk's ids
+    and its vectors, and after its vectors, in several chunks one after the other; then the same
+    command finishes the job, and its output is the uninterrupted run's to the bit."""
     model = str(converted("tiny", "q8_0"))
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps({"id": f"doc-{i}", "text": t}) + "\n" for i, t in enumerate(_corpus(600))))
+    src.write_text("".join(json.dumps({"id": f"doc-{i}", "text": t}) + "\n" for i, t in enumerate(_corpus(160))))
     args = [model, str(src), "--chunk-size", "16", "--dim", "128", "--precision", "int8"]
     want = tmp_path / "want.npy"
     subprocess.run(_cli(*args, "-o", str(want)), check=True, cwd=tmp_path)
 
     out = tmp_path / "got.npy"
-    rng = random.Random(7)
-
-    def chunks_done() -> int:
-        return len(list(job_dir(out).glob("chunk-*.npy"))) if job_dir(out).exists() else 0
-
-    kills, progress = 0, []
-    while kills < 6:
-        proc = subprocess.Popen(_cli(*args, "-o", str(out)), cwd=tmp_path)
-        # kill at a random point after this run has added at least one chunk (whatever the machine's speed)
-        before, deadline = chunks_done(), time.monotonic() + 120
-        while chunks_done() <= before and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is not None:  # finished before the kill
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    chunks = lambda: sorted(p.name for p in job_dir(out).glob("chunk-*.npy")) if job_dir(out).exists() else []  # noqa: E731
+    for fault, done_after in [("0:before-vectors", 0), ("0:after-vectors", 1), ("3:before-vectors", 3),
+                              ("3:after-vectors", 4), ("7:before-vectors", 7), ("9:after-vectors", 10)]:
+        env = {**os.environ, FAULT_ENV: fault}
+        proc = subprocess.run(_cli(*args, "-o", str(out)), cwd=tmp_path, env=env)
+        assert proc.returncode == -signal.SIGKILL, (fault, proc.returncode)
         assert not out.exists()  # a killed job never leaves an output behind
-        kills += 1
-        progress.append(chunks_done())
-    assert kills >= 5, f"the job finished before 5 kills ({kills}); make it longer"
-    assert progress == sorted(progress) and progress[-1] < 600 // 16, progress  # mid-job, work kept across kills
+        assert chunks() == [f"chunk-{k:06d}.npy" for k in range(done_after)], fault  # work kept, nothing partial
     subprocess.run(_cli(*args, "-o", str(out)), check=True, cwd=tmp_path)
     assert out.read_bytes() == want.read_bytes()
     assert out.with_name("got.ids.json").read_bytes() == want.with_name("want.ids.json").read_bytes()

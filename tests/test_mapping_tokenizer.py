@@ -6,9 +6,9 @@ from __future__ import annotations
 import gguf
 import pytest
 
-from qembed_gguf.convert.mapping import Qwen3Params, plan_tensors
-from qembed_gguf.convert.quantize import OUTTYPES, choose_type
-from qembed_gguf.convert.tokenizer import read_vocab
+from qembed_gguf.converter.mapping import Qwen3Params, plan_tensors
+from qembed_gguf.converter.quantize import OUTTYPES, choose_type
+from qembed_gguf.converter.tokenizer import read_vocab
 from qembed_gguf.errors import TensorMismatchError
 from qembed_gguf.synthetic import SHAPES, qwen3_config, tensor_specs
 

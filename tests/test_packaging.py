@@ -1,4 +1,4 @@
-"""The distribution's shape: the converter installs as qembed_gguf.convert (no top-level
+"""The distribution's shape: the converter installs as qembed_gguf.converter (no top-level
 `convert` or `models` module), data files ship, CMakePresets.json is a valid preset file whose
 cpu-native preset is what CI builds llama-cpp-python with."""
 
@@ -28,14 +28,33 @@ def test_no_top_level_convert_module_installed():
     stray = [f for f in files if not f.startswith(("qembed_gguf/", "qembed_gguf-")) and "/bin/" not in f
              and not f.startswith("../")]
     assert stray == [], stray
-    assert "qembed_gguf/convert/checkpoint.py" in files
+    assert "qembed_gguf/converter/checkpoint.py" in files
     assert "qembed_gguf/models/tiny-qwen3-embedding/model.safetensors" in files
     assert "qembed_gguf/CMakePresets.json" in files
     for module in ("server/app.py", "server/batcher.py", "server/protocol.py", "integrations/langchain.py",
-                   "integrations/llama_index.py", "integrations/ray.py", "cache.py"):
+                   "integrations/llama_index.py", "integrations/ray/worker.py", "cache.py"):
         assert f"qembed_gguf/{module}" in files, module
     code = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('convert') is None else 1)"
     assert subprocess.run([sys.executable, "-c", code], cwd="/").returncode == 0
+
+
+def test_the_checkout_imports_as_it_is():
+    """From the repository root, the source folder comes first on sys.path: it must import with
+    its top-level convert/ and models/ (qembed_gguf/_checkout.py), whatever is installed."""
+    code = ("import qembed_gguf, qembed_gguf.converter.checkpoint as c, qembed_gguf.models as m; "
+            "from qembed_gguf import registry, backend; "
+            "print(qembed_gguf.__file__, c.__file__, m.__file__, registry.get_spec('tiny').bundled, "
+            "backend.presets_path(), callable(qembed_gguf.convert))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    init, checkpoint, models, tiny, presets, convert_callable = proc.stdout.split()
+    assert Path(init) == ROOT / "qembed_gguf" / "__init__.py" and Path(checkpoint) == ROOT / "convert" / "checkpoint.py"
+    assert Path(models) == ROOT / "models" / "__init__.py" and tiny == "tiny-qwen3-embedding"
+    assert Path(presets) == ROOT / "CMakePresets.json" and convert_callable == "True"
+    assert not (ROOT / "qembed_gguf" / "CMakePresets.json").exists()  # one presets file, no symlink or stub
+    proc = subprocess.run([sys.executable, "-m", "qembed_gguf", "--version"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and "qembed-gguf" in proc.stdout, proc.stderr
 
 
 def test_cmake_presets_valid():

@@ -48,8 +48,9 @@ def cluster(tmp_path_factory):
     write tasks) on this 2-core machine; the workers inherit QEMBED_CACHE (the test cache).
 
     Ray puts the driver's working directory on its workers' sys.path: started from a checkout
-    (as CI runs), the workers would import the source tree instead of the installed package
-    (which maps convert/ into qembed_gguf.convert). So the instance starts from an empty folder."""
+    (as CI runs), the workers would import the source tree (which works, see
+    qembed_gguf/_checkout.py) rather than the installed package under test. So the instance starts
+    from an empty folder."""
     if ray.is_initialized():
         ray.shutdown()
     here = os.getcwd()

@@ -132,7 +132,7 @@ def test_structure_matches_the_bundled_tokenizer(qwen3_tokenizer_dir, tiny_dir):
 
 
 def test_converter_reads_it(qwen3_tokenizer_dir):
-    from qembed_gguf.convert.tokenizer import read_vocab
+    from qembed_gguf.converter.tokenizer import read_vocab
 
     vocab = read_vocab(qwen3_tokenizer_dir, vocab_size=realvocab.QWEN3_VOCAB_SIZE)
     assert len(vocab.tokens) == 151669 and vocab.n_padded == 0 and len(vocab.merges) == 151387

@@ -8,7 +8,6 @@ checkpoint folder, and llama-cpp-python's own embedding mode for the compute buf
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from qembed_gguf import registry
@@ -17,9 +19,10 @@ REAL = {  # from the model cards / config.json of the hub repositories
 @pytest.mark.parametrize("name, shape", REAL.items())
 def test_real_model_specs(name, shape):
     spec = registry.get_spec(name)
-    assert (spec.layers, spec.dim, spec.heads, spec.kv_heads, spec.ffn) == shape
-    assert spec.hub_id == f"Qwen/{name}" and spec.head_dim == 128 and spec.vocab == 151669
-    assert spec.mrl_min_dim == 32 and spec.context == 32768 and spec.license == "Apache-2.0"
+    s = spec.shape
+    assert (s.layers, s.hidden, s.heads, s.kv_heads, s.ffn) == shape and spec.dim == shape[1]
+    assert spec.hub_id == f"Qwen/{name}" and s.head_dim == 128 and s.vocab == 151669
+    assert spec.mrl_min_dim == 32 and s.context == 32768 and spec.license == "Apache-2.0"
     assert spec.format_query("what is GGUF?") == (
         "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:what is GGUF?")
 
@@ -51,7 +54,9 @@ def test_bundled_checkpoint_is_installed():
     ({"colour": "blue"}, "unknown key"),
 ])
 def test_spec_validation(change, match):
-    data = {k: v for k, v in registry.get_spec("Qwen3-Embedding-0.6B").__dict__.items()}
+    spec = registry.get_spec("Qwen3-Embedding-0.6B")
+    data = {k: v for k, v in spec.__dict__.items() if k != "shape"}  # the TOML's flat keys:
+    data.update({"dim" if k == "hidden" else k: v for k, v in dataclasses.asdict(spec.shape).items()})
     data.update(change)
     with pytest.raises(QembedError, match=match):
         registry.ModelSpec.from_mapping(data)

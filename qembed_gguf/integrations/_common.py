@@ -8,7 +8,20 @@ from typing import Any, Union
 from ..embedder import Embedder
 from ..errors import InputError, InputTypeError
 
-__all__ = ["ModelArg", "EmbedderLifetime", "open_embedder", "check_texts", "check_text"]
+__all__ = ["ModelArg", "EmbedderLifetime", "open_embedder", "check_texts", "check_text", "missing_extra",
+           "ADAPTER_ARGS"]
+
+#: the constructor arguments both adapters share, documented once (their docstrings include it)
+ADAPTER_ARGS = """model: a ``.gguf`` file, checkpoint folder, registry name or hub id, opened as
+            ``Embedder(model, **embedder_kwargs)`` and closed by :meth:`close`; or an open
+            :class:`~qembed_gguf.Embedder`, which is shared and left open.
+        dim: Matryoshka output dimension (default: the Embedder's).
+        task: the query instruction (default: the model's own)."""
+
+
+def missing_extra(module: str, requirement: str, extra: str) -> ImportError:
+    """The error an adapter module raises when its framework is not installed."""
+    return ImportError(f'qembed_gguf.integrations.{module} needs {requirement}: pip install "qembed-gguf[{extra}]"')
 
 #: a model path or name for :class:`Embedder`, or an open Embedder to share
 ModelArg = Union[str, os.PathLike, Embedder]

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._common import ADAPTER_ARGS, EmbedderLifetime, ModelArg, check_text, check_texts, missing_extra, open_embedder
+
 try:
     from langchain_core.embeddings import Embeddings
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides langchain_core
-    raise ImportError(
-        'qembed_gguf.integrations.langchain needs langchain-core: pip install "qembed-gguf[langchain]"'
-    ) from exc
-
-from ._common import EmbedderLifetime, ModelArg, check_text, check_texts, open_embedder
+    raise missing_extra("langchain", "langchain-core", "langchain") from exc
 
 __all__ = ["QembedEmbeddings"]
 
@@ -35,11 +33,7 @@ class QembedEmbeddings(EmbedderLifetime, Embeddings):
     """A LangChain ``Embeddings`` that runs a Qwen3-Embedding GGUF model through qembed-gguf.
 
     Args:
-        model: a ``.gguf`` file, checkpoint folder, registry name or hub id, opened as
-            ``Embedder(model, **embedder_kwargs)`` and closed by :meth:`close`; or an open
-            :class:`~qembed_gguf.Embedder`, which is shared and left open.
-        dim: Matryoshka output dimension (default: the Embedder's).
-        task: the query instruction (default: the model's own).
+        {ADAPTER_ARGS}
         **embedder_kwargs: :class:`~qembed_gguf.Embedder` options (``n_gpu_layers``,
             ``max_tokens`` …); only with a model path or name.
 
@@ -65,3 +59,6 @@ class QembedEmbeddings(EmbedderLifetime, Embeddings):
 
     def __repr__(self) -> str:
         return f"QembedEmbeddings({self._embedder!r}, dim={self.dim}, task={self.task!r})"
+
+
+QembedEmbeddings.__doc__ = QembedEmbeddings.__doc__.replace("{ADAPTER_ARGS}", ADAPTER_ARGS)

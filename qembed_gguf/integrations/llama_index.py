@@ -19,17 +19,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any, List, Optional
 
+from ..embedder import Embedder
+from ._common import ADAPTER_ARGS, EmbedderLifetime, ModelArg, check_text, check_texts, missing_extra, open_embedder
+
 try:
     from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
     from llama_index.core.bridge.pydantic import Field, PrivateAttr
     from llama_index.core.callbacks import CallbackManager
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides llama_index
-    raise ImportError(
-        'qembed_gguf.integrations.llama_index needs llama-index-core: pip install "qembed-gguf[llama-index]"'
-    ) from exc
-
-from ..embedder import Embedder
-from ._common import EmbedderLifetime, ModelArg, check_text, check_texts, open_embedder
+    raise missing_extra("llama_index", "llama-index-core", "llama-index") from exc
 
 __all__ = ["QembedEmbedding"]
 
@@ -39,12 +37,15 @@ DEFAULT_EMBED_BATCH_SIZE = 64  # texts per call into the Embedder, which packs t
 class QembedEmbedding(EmbedderLifetime, BaseEmbedding):
     """A LlamaIndex embedding model that runs a Qwen3-Embedding GGUF model through qembed-gguf.
 
-    Args:
-        model: a ``.gguf`` file, checkpoint folder, registry name or hub id, opened as
-            ``Embedder(model, **embedder_kwargs)`` and closed by :meth:`close`; or an open
-            :class:`~qembed_gguf.Embedder`, which is shared and left open.
-        dim: Matryoshka output dimension (default: the Embedder's).
-        task: the query instruction (default: the model's own).
+from ..embedder import Embedder
+from ._common import ADAPTER_ARGS, EmbedderLifetime, ModelArg, check_text, check_texts, missing_extra, open_embedder
+
+try:
+    from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+    from llama_index.core.bridge.pydantic import Field, PrivateAttr
+    from llama_index.core.callbacks import CallbackManager
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides llama_index
+    raise missing_extra("llama_index", "llama-index-core", "llama-index") from exc
         embed_batch_size: texts LlamaIndex hands over per call.
         callback_manager: LlamaIndex callbacks.
         **embedder_kwargs: :class:`~qembed_gguf.Embedder` options (``n_gpu_layers``,
@@ -98,3 +99,5 @@ class QembedEmbedding(EmbedderLifetime, BaseEmbedding):
     async def _aget_text_embeddings(self, texts: List[str]) -> List[Embedding]:
         return await asyncio.to_thread(self._get_text_embeddings, texts)
 
+
+QembedEmbedding.__doc__ = QembedEmbedding.__doc__.replace("{ADAPTER_ARGS}", ADAPTER_ARGS)

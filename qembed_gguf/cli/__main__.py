@@ -1,0 +1,5 @@
+"""python -m qembed_gguf.cli"""
+
+from . import main
+
+main()

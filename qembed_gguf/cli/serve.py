@@ -1,0 +1,81 @@
+"""``serve``: the OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import device_options, library_errors, main, setup_logging
+
+
+@main.command()
+@click.argument("model")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key", envvar="QEMBED_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' (env QEMBED_API_KEY).")
+@click.option("--model-name", "model_names", multiple=True,
+              help="Model id clients send as 'model' (repeatable; default: the MODEL argument, or a file's stem).")
+@click.option("--cache", "cache_spec", default=None, envvar="QEMBED_SERVE_CACHE",
+              help="Vector cache: sqlite:///path.db, a .db path, redis://host:6379/0, or memory.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Longest input in tokens.")
+@click.option("--truncate", is_flag=True, help="Cut over-long inputs by default instead of answering 400.")
+@click.option("--max-inputs", type=click.IntRange(min=1), default=2048, show_default=True, help="Inputs per request.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=16.0, show_default=True,
+              help="Largest request body, MiB.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Inputs waiting before requests get 429.")
+@click.option("--max-request-tokens", type=click.IntRange(min=1), default=300_000, show_default=True,
+              help="Tokens of all inputs of one request together (OpenAI's limit).")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a batch waits for requests still arriving.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="A Host name to answer, any port (repeatable; '*' = any). Default: loopback names when bound "
+                   "to loopback, any name otherwise.")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="A web origin allowed to call the API from a browser, e.g. http://localhost:3000 (repeatable; "
+                   "'*' = any). Default: none.")
+@click.option("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a request body may take to arrive (then 408).")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds a shutdown lets accepted requests finish before cancelling them (503).")
+@click.option("--flash-attn/--no-flash-attn", default=True, show_default=True,
+              help="Flash attention (faster; off: vectors vary less with what shares their batch).")
+@device_options
+@click.pass_context
+@library_errors
+def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, truncate, max_inputs, max_body_mb,
+          max_queue, max_request_tokens, batch_wait_ms, allowed_hosts, cors_origins, read_timeout, shutdown_timeout,
+          flash_attn, threads, n_gpu_layers, vram):
+    """Serve MODEL as an OpenAI-compatible embeddings API (/v1/embeddings, /v1/models, /health).
+
+    \b
+    Example:
+      qembed-gguf serve Qwen3-Embedding-0.6B-Q8_0.gguf --port 8000
+      curl localhost:8000/v1/embeddings -H 'content-type: application/json' \\
+           -d '{"model": "Qwen3-Embedding-0.6B-Q8_0", "input": ["hello"], "dimensions": 256}'
+    """
+    from pathlib import Path
+
+    try:
+        from ..server import Limits, ServerConfig, ServerStartError, run
+    except ImportError as e:
+        raise click.ClickException(str(e)) from None
+    from ..embedder import Embedder
+
+    setup_logging(ctx.obj["verbose"], quiet=False)
+    names = tuple(model_names) or (Path(model).stem if model.endswith(".gguf") else model,)
+    try:  # the configuration is checked before the model loads
+        config = ServerConfig(model_names=names, api_key=api_key or None, truncate=truncate,
+                              limits=Limits(max_inputs=max_inputs, max_body_bytes=int(max_body_mb * (1 << 20)),
+                                            max_request_tokens=max_request_tokens),
+                              max_wait_ms=batch_wait_ms, max_queue_inputs=max_queue, allowed_hosts=allowed_hosts,
+                              cors_origins=cors_origins, read_timeout_s=read_timeout,
+                              shutdown_timeout_s=shutdown_timeout)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    embedder = Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, vram_budget=vram,
+                        max_tokens=max_tokens, flash_attn=flash_attn, cache=cache_spec)
+    try:
+        run(embedder, config, host=host, port=port, log_level="debug" if ctx.obj["verbose"] > 1 else "info")
+    except ServerStartError as e:
+        raise click.ClickException(str(e)) from None

@@ -27,7 +27,7 @@ import numpy as np
 
 from .batching import plan_batches
 from .cache import RECIPE_VERSION, EmbeddingCache, VectorCache, open_cache
-from .errors import InputError, InputTooLongError, InputTypeError, ModelLoadError
+from .errors import InputError, InputTypeError, ModelLoadError
 from .facts import ModelFacts
 from .fileinfo import read_gguf_info
 from .devices import gpu_free_bytes, gpu_offload_supported
@@ -36,10 +36,11 @@ from .integrity import content_fingerprint, require_integrity
 from .lookup import Pending
 from .gpuplan import KV_CACHE_TYPES, ModelGeometry, Plan, check_gpu_request, resolve_gpu_layers
 from .modelcache import resolve_model
-from .postprocess import PRECISIONS, check_finite, l2_normalize, quantize_embeddings, truncate_dim
+from .postprocess import check_finite, l2_normalize, truncate_dim
 from .runtime import LlamaRuntime, default_repack
+from .st_compat import SentenceTransformersAPI
 from .validate import (MAX_SEQUENCES, MAX_THREADS, check_int, check_text, check_texts, check_token_lists,
-                       context_sizes)
+                       context_sizes, fit_sequences)
 
 __all__ = ["Embedder", "ModelFacts", "EmbedderStats"]
 
@@ -78,7 +79,7 @@ def _nfc(text: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
-class Embedder:
+class Embedder(SentenceTransformersAPI):
     """Embed texts with a Qwen3-Embedding GGUF model through llama.cpp.
 
     Args:
@@ -95,10 +96,8 @@ class Embedder:
         max_tokens: longest input, in tokens including the pooling token (default
             min(8192, the model's trained context)); at most the trained context.
         n_ctx: largest llama.cpp context (default ``max(max_tokens, n_ubatch)``), in
-            ``[max_tokens, trained context]`` (see :func:`context_sizes`).
-            The context, whose KV cache is resident memory, starts at ``n_ubatch`` tokens and
-            doubles on demand when a longer input arrives, up to this; it never shrinks. So a
-            short-text workload costs a 512-token KV cache even with max_tokens=8192.
+            ``[max_tokens, trained context]`` (:func:`qembed_gguf.validate.context_sizes`). The
+            KV cache starts at ``n_ubatch`` tokens and doubles on demand up to this, never shrinking.
         n_ubatch: llama.cpp micro-batch size (tokens computed together), and the default token
             budget for packing several short inputs into one decode call.
         max_batch_sequences: most inputs packed into one decode call (at most 256, llama.cpp's
@@ -107,35 +106,26 @@ class Embedder:
         normalize: L2-normalise outputs by default.
         truncate: True: inputs longer than ``max_tokens`` are cut (keeping the pooling token last)
             with one warning per call; False: they raise :class:`InputTooLongError`.
-        flash_attn: llama.cpp flash attention (default on). It skips the masked attention between
-            inputs packed together and, on CPU, was 1.3x faster on short-text corpora (real 0.6B
-            shapes and vocabulary); its CPU kernel accumulates in half precision (cosine to the
-            result without it >= 0.9997 on the same model; see the README). False turns it off; None lets llama.cpp decide.
+        flash_attn: llama.cpp flash attention (default on: 1.3x faster on CPU; its kernel
+            accumulates in half precision, see the README). False: off; None: llama.cpp decides.
         kv_cache_type: ``"f16"`` (default) or ``"q8_0"`` (half the KV-cache memory, for long
             contexts on small machines; needs flash attention) or ``"f32"``.
-        repack: let llama.cpp's CPU backend repack the weights into its interleaved layouts
-            (``use_extra_bufts``). None (default): only when the file's weight matrices are not
-            in a type llama.cpp's tiled kernel takes (K-quants, IQ4_XS), which repacked weights
-            skip: Q4_K_M/Q5_K_M/Q6_K/IQ4_XS files run unrepacked (1.37x faster here), Q4_0, IQ4_NL
-            and BF16 files repacked (1.1-1.35x). See :func:`qembed_gguf.runtime.default_repack`.
-        use_mmap: map the file instead of reading it. None (default): map it unless the weights
-            are repacked. A mapped file's pages are the page cache's, shared by every process
-            that maps the same file (several workers or servers hold one copy); repacking copies
-            the weights into llama.cpp's own buffers, so a mapped file would then stay resident
-            next to the copy (4B-shaped Q4_K_M, measured: 3.9 GiB vs 2.3 GiB peak RSS).
+        repack: let llama.cpp's CPU backend repack the weights (``use_extra_bufts``). None
+            (default): only for types its faster tiled kernel does not take (K-quants and IQ4_XS
+            run unrepacked; :func:`qembed_gguf.runtime.default_repack` has the measurements).
+        use_mmap: map the file (its pages shared by every process that maps it) instead of
+            reading it. None (default): map it unless the weights are repacked (a mapping would
+            then stay resident next to the repacked copy).
         verify: check, before loading, that every byte of the file matches the integrity seal the
             converter wrote (``qembed.integrity.blake2b``; about 1 s per GB); a mismatch or a file
             without a seal raises :class:`IntegrityError`. Whatever this says, the header is always
             validated (:func:`qembed_gguf.gguf_check.check_gguf`) before llama.cpp reads it.
-        cache: a persistent vector cache: ``"sqlite:///path.db"`` (or a ``.db`` path),
-            ``"redis://host:6379/0"``, ``"memory"``, or an :class:`~qembed_gguf.cache.EmbeddingCache`.
-            Keyed by (model content fingerprint, settings, dim, normalize, exact model input incl.
-            the instruction); a hit returns the stored vector without a decode (``stats.cache_hits``).
-            Text inputs only. The Embedder closes a cache it opened from a spec, not one passed in.
+        cache: a persistent vector cache (:mod:`qembed_gguf.cache`): ``"sqlite:///path.db"`` (or
+            a ``.db`` path), ``"redis://host:6379/0"``, ``"memory"`` or an ``EmbeddingCache``; a hit
+            skips the model. Text inputs only. A cache opened from a spec is closed with the Embedder.
         verbose: show llama.cpp's own log.
-        cache_dir, convert_type, revision: where and how checkpoints are converted. ``convert_type``
-            defaults to Q6_K: of the types llama.cpp's fast tiled CPU kernel takes (Q4_K_M, Q5_K_M,
-            Q6_K, IQ4_XS all ran at the same speed, 1.6x Q8_0's) the closest to the source weights.
+        cache_dir, convert_type, revision: where and how checkpoints are converted (default Q6_K:
+            as fast as Q4_K_M on llama.cpp's tiled CPU kernel, 1.6x Q8_0, closest to the source).
 
     One Embedder may be shared by threads: calls into llama.cpp are serialised internally.
     """
@@ -451,27 +441,11 @@ class Embedder:
 
     def fit(self, sequences: list[list[int]], *, truncate: bool | None = None,
             rows: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
-        """Apply the ``max_tokens`` rule to prepared sequences: inputs longer than ``max_tokens``
-        are cut keeping the pooling token last (one warning per call), or, with ``truncate``
-        False (default: the Embedder's), raise :class:`InputTooLongError` naming the first.
-
-        ``rows[k]``: the caller's input indices that sequence ``k`` stands for (distinct texts
-        decoded once), so that messages count and name the caller's inputs."""
-        limit = self._max_tokens
-        long = [k for k, s in enumerate(sequences) if len(s) > limit]
-        if not long:
-            return sequences
-        where = (lambda k: rows[k]) if rows is not None else (lambda k: (k,))
-        n_long = sum(len(where(k)) for k in long)
-        first_k = min(long, key=lambda k: where(k)[0])
-        first, n = where(first_k)[0], len(sequences[first_k])
-        if not (self.truncate if truncate is None else truncate):
-            raise InputTooLongError(
-                f"input {first} has {n} tokens, more than max_tokens={limit} ({n_long} input(s) too long); "
-                f"shorten it or use truncate=True", index=first, n_tokens=n, max_tokens=limit)
-        log.warning("%d input(s) longer than max_tokens=%d were truncated (first: input %d, %d tokens)",
-                    n_long, limit, first, n)
-        return [s if len(s) <= limit else s[:limit - 1] + [self._eos] for s in sequences]
+        """Apply the ``max_tokens`` rule to prepared sequences (:func:`qembed_gguf.validate.fit_sequences`):
+        cut keeping the pooling token last, or, with ``truncate`` False (default: the Embedder's),
+        :class:`InputTooLongError` naming the first; ``rows[k]``: the caller's inputs sequence k stands for."""
+        return fit_sequences(sequences, limit=self._max_tokens, eos=self._eos,
+                             truncate=self.truncate if truncate is None else truncate, rows=rows)
 
     def embed_query(self, texts: str | Sequence[str], *, task: str | None = None, **kwargs) -> np.ndarray:
         """Embed search queries: each text becomes ``Instruct: {task}\\nQuery:{text}``."""
@@ -480,49 +454,6 @@ class Embedder:
     def embed_documents(self, texts: str | Sequence[str], **kwargs) -> np.ndarray:
         """Embed documents: raw text, no instruction."""
         return self.embed(texts, **kwargs)
-
-    def encode(
-        self,
-        sentences: str | Sequence[str],
-        prompt_name: str | None = None,
-        prompt: str | None = None,
-        batch_size: int = 32,
-        show_progress_bar: bool | None = None,
-        convert_to_numpy: bool = True,
-        normalize_embeddings: bool | None = None,
-        truncate_dim: int | None = None,
-        precision: str = "float32",
-    ) -> np.ndarray:
-        """sentence-transformers-compatible ``encode``.
-
-        ``prompt_name`` is ``"query"`` (the model's query instruction) or ``"document"`` (none);
-        ``prompt`` is a literal prefix. ``batch_size`` bounds the sequences per decode batch.
-        A single string gives a 1-D vector, as in sentence-transformers; ``precision`` quantizes
-        as sentence-transformers' ``quantize_embeddings`` does. ``normalize_embeddings`` defaults
-        to the Embedder's ``normalize`` (True, as the Qwen3-Embedding ST pipeline's Normalize module).
-        """
-        if not convert_to_numpy:
-            raise InputError("only convert_to_numpy=True is supported (qembed-gguf returns numpy arrays)")
-        if precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if prompt is not None and prompt_name is not None:
-            raise InputError("give prompt or prompt_name, not both")
-        single = isinstance(sentences, str)
-        items = check_texts(sentences)
-        if prompt_name == "query":
-            prompt = self.format_query("")
-        elif prompt_name not in (None, "document"):
-            raise InputError(f"unknown prompt_name {prompt_name!r}; this model has 'query' and 'document'")
-        if prompt:
-            if not isinstance(prompt, str):
-                raise InputTypeError(f"prompt must be a string, got {type(prompt).__name__}")
-            check_text(prompt, "prompt")
-            items = [prompt + t for t in items]
-        vectors = self._embed(items, dim=truncate_dim, normalize=normalize_embeddings, batch_tokens=None,
-                              max_seqs=check_int("batch_size", batch_size),
-                              show_progress=bool(show_progress_bar))
-        vectors = quantize_embeddings(vectors, precision)
-        return vectors[0] if single else vectors
 
     # -- lifetime -----------------------------------------------------------------------------------
     def _require_open(self) -> None:

@@ -6,15 +6,18 @@ what is wrong with it.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import InputError, InputTypeError, InvalidTextError
+from .errors import InputError, InputTooLongError, InputTypeError, InvalidTextError
 
 __all__ = ["check_int", "check_number", "check_text", "check_texts", "check_token_lists", "lone_surrogate",
-           "context_sizes", "DEFAULT_MAX_TOKENS", "MAX_SEQUENCES", "MAX_THREADS"]
+           "context_sizes", "fit_sequences", "DEFAULT_MAX_TOKENS", "MAX_SEQUENCES", "MAX_THREADS"]
+
+log = logging.getLogger("qembed_gguf.embedder")  # the truncation warning is the Embedder's
 
 DEFAULT_MAX_TOKENS = 8192
 MAX_SEQUENCES = 256   # llama.cpp's LLAMA_MAX_SEQ: sequences of one context
@@ -121,3 +124,25 @@ def context_sizes(*, max_tokens: int | None, n_ctx: int | None, n_ubatch: int, t
         raise InputError(f"n_ctx ({n_ctx}) must be >= max_tokens ({max_tokens}): every input must fit one decode "
                          f"batch")
     return max_tokens, n_ctx, min(n_ubatch, n_ctx)
+
+
+def fit_sequences(sequences: list[list[int]], *, limit: int, eos: int, truncate: bool,
+                  rows: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
+    """The ``max_tokens`` rule on token sequences that end with the pooling token ``eos``: those
+    longer than ``limit`` are cut to ``limit - 1`` tokens + ``eos`` (one warning for the call), or,
+    without ``truncate``, :class:`InputTooLongError` names the first. ``rows[k]``: the caller's input
+    indices that sequence ``k`` stands for (distinct texts decoded once), so messages name those."""
+    long = [k for k, s in enumerate(sequences) if len(s) > limit]
+    if not long:
+        return sequences
+    where = (lambda k: rows[k]) if rows is not None else (lambda k: (k,))
+    n_long = sum(len(where(k)) for k in long)
+    first_k = min(long, key=lambda k: where(k)[0])
+    first, n = where(first_k)[0], len(sequences[first_k])
+    if not truncate:
+        raise InputTooLongError(
+            f"input {first} has {n} tokens, more than max_tokens={limit} ({n_long} input(s) too long); "
+            f"shorten it or use truncate=True", index=first, n_tokens=n, max_tokens=limit)
+    log.warning("%d input(s) longer than max_tokens=%d were truncated (first: input %d, %d tokens)",
+                n_long, limit, first, n)
+    return [s if len(s) <= limit else s[:limit - 1] + [eos] for s in sequences]

@@ -34,25 +34,26 @@ import time
 import numpy as np
 
 from ..embedder import Embedder
+from ..errors import InputError, QembedError
 
 __all__ = ["Job", "JobResult", "MicroBatcher", "QueueFull", "ShuttingDown", "JobCancelled", "TooManyTokens"]
 
 log = logging.getLogger(__name__)
 
 
-class QueueFull(Exception):
+class QueueFull(QembedError, RuntimeError):
     """The queue holds too many inputs to accept this job now."""
 
 
-class ShuttingDown(Exception):
+class ShuttingDown(QembedError, RuntimeError):
     """The batcher is stopping (or stopped) and accepts no new work, or its grace period ran out."""
 
 
-class JobCancelled(Exception):
+class JobCancelled(QembedError, RuntimeError):
     """The job was cancelled (its client left) before all its inputs were computed."""
 
 
-class TooManyTokens(Exception):
+class TooManyTokens(InputError):
     """A job's inputs hold more tokens together than ``max_request_tokens``."""
 
     def __init__(self, n_tokens: int, limit: int):

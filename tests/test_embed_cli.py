@@ -4,6 +4,7 @@ numbers, outputs are written atomically; and the input/batching planners on thei
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -68,13 +69,20 @@ def test_stdin_txt_and_precision(model, tmp_path):
     (b'["a list"]\n', "line 1 is a JSON list"),
     (b'{"text": "ok"}\n{"text": "\xff\xfe"}\n', "line 2 is not valid UTF-8"),
 ])
-def test_bad_jsonl_names_the_line(model, tmp_path, content, match):
+def test_bad_jsonl_names_the_line(content, match):
+    import io
+
+    with pytest.raises(InputError, match=re.escape(match)):
+        list(iter_jsonl(io.BytesIO(content), source="bad.jsonl"))
+
+
+def test_a_bad_line_fails_the_command_before_the_model_loads(model, tmp_path):
     src = tmp_path / "bad.jsonl"
-    src.write_bytes(content)
+    src.write_bytes(b'{"text": "ok"}\n{"text": 5}\n')
     out = tmp_path / "out.npy"
-    result = CliRunner().invoke(main, ["embed", str(model), str(src), "-o", str(out), "-q"])
-    assert result.exit_code == 1 and match in result.output, result.output
-    assert list(tmp_path.iterdir()) == [src]  # no output, no temporary file
+    result = CliRunner().invoke(main, ["embed", "/nonexistent/model.gguf", str(src), "-o", str(out), "-q"])
+    assert result.exit_code == 1 and f"{src}: line 2: 'text' is int" in result.output, result.output
+    assert list(tmp_path.iterdir()) == [src]  # no output, no temporary file, and no model was needed
 
 
 def test_existing_output_and_usage_errors(model, tmp_path):

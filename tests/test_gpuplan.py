@@ -19,9 +19,10 @@ from qembed_gguf.gpuplan import (GiB, MiB, ModelGeometry, compute_buffer_bytes, 
                                  offload_usage, parse_size, plan_offload, resolve_gpu_layers, tensor_nbytes)
 from qembed_gguf.synthetic import Qwen3Shape, write_checkpoint
 
-# (n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab): the published configs
-REAL = {"0.6b": (28, 1024, 16, 8, 128, 3072, 151669), "4b": (36, 2560, 32, 8, 128, 9728, 151665),
-        "8b": (36, 4096, 32, 8, 128, 12288, 151665)}
+# (n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab) of the real models, from the
+# registry (models/*.toml, checked against the model cards in test_registry), not copied here
+REAL = {size: (s.layers, s.hidden, s.heads, s.kv_heads, s.head_dim, s.ffn, s.vocab)
+        for size in ("0.6b", "4b", "8b") for s in [registry.get_spec(f"qwen3-embedding-{size}").shape]}
 ROOT = Path(__file__).resolve().parents[1]
 
 

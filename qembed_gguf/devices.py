@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Mapping
 
-__all__ = ["BackendDevice", "NvidiaGpu", "Toolchain", "Diagnosis", "backend_devices", "gpu_free_bytes",
+__all__ = ["usable_cpus", "BackendDevice", "NvidiaGpu", "Toolchain", "Diagnosis", "backend_devices", "gpu_free_bytes",
            "gpu_offload_supported", "nvidia_gpus", "cpu_features", "toolchain", "recommend_preset", "diagnose"]
 
 log = logging.getLogger(__name__)
@@ -285,3 +285,11 @@ def diagnose() -> Diagnosis:
                      lib_path_env=os.environ.get("LLAMA_CPP_LIB_PATH"), backends=backends, devices=devices,
                      offload=offload, cpu=cpu_features(), nvidia=gpus, driver=driver, tools=tools, preset=preset,
                      preset_reason=why, warnings=warnings)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container's limit, taskset), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -16,7 +16,6 @@ silently: inputs longer than ``max_tokens`` are either truncated with a warning
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -30,7 +29,7 @@ from .cache import RECIPE_VERSION, EmbeddingCache, VectorCache, open_cache
 from .errors import InputError, InputTypeError, ModelLoadError
 from .facts import ModelFacts
 from .fileinfo import read_gguf_info
-from .devices import gpu_free_bytes, gpu_offload_supported
+from .devices import gpu_free_bytes, gpu_offload_supported, usable_cpus
 from .gguf_check import check_gguf
 from .integrity import content_fingerprint, require_integrity
 from .lookup import Pending
@@ -38,41 +37,16 @@ from .gpuplan import KV_CACHE_TYPES, ModelGeometry, Plan, check_gpu_request, res
 from .modelcache import resolve_model
 from .postprocess import check_finite, l2_normalize, truncate_dim
 from .runtime import LlamaRuntime, default_repack
+from .stats import EmbedderStats
 from .st_compat import SentenceTransformersAPI
-from .validate import (MAX_SEQUENCES, MAX_THREADS, check_int, check_text, check_texts, check_token_lists,
-                       context_sizes, fit_sequences)
+from .validate import (MAX_SEQUENCES, MAX_THREADS, check_int, check_text, check_texts, check_token_ids,
+                       check_token_lists, context_sizes, fit_sequences)
 
 __all__ = ["Embedder", "ModelFacts", "EmbedderStats"]
 
 log = logging.getLogger(__name__)
 
 POOLING_TOKEN = "<|endoftext|>"
-
-
-@dataclasses.dataclass
-class EmbedderStats:
-    """Counters of an Embedder's work since it was created (read them, don't write them)."""
-
-    decode_calls: int = 0        # llama_decode calls
-    sequences_decoded: int = 0   # inputs that went through the model
-    tokens_decoded: int = 0
-    cache_hits: int = 0          # inputs answered by the cache, without a decode
-    cache_misses: int = 0
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: int) -> None:
-        """Increment counters atomically (several threads may count at once)."""
-        with self._lock:
-            for name, n in counts.items():
-                setattr(self, name, getattr(self, name) + n)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: a container's limit, taskset), else all."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _nfc(text: str) -> str:
@@ -296,6 +270,19 @@ class Embedder(SentenceTransformersAPI):
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         """Tokens each input takes, the pooling token included (before any truncation)."""
         return [len(ids) for ids in self._tokenize(check_texts(texts))]
+
+    def tokenize(self, texts: str | Sequence[str]) -> list[list[int]]:
+        """Token ids of each input exactly as it is embedded (:meth:`prepare_texts`: NFC, no BOS, special-token
+        text left as text, ``<|endoftext|>`` last): HF ``tokenizers``' ``encode(text).ids``."""
+        return self.prepare_texts(texts)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of one sequence of token ids, special tokens as their text (``<|endoftext|>``); bytes
+        that are not UTF-8 (ids cut inside a character) become U+FFFD; an id outside the vocabulary is an InputError."""
+        ids = check_token_ids(ids, self.n_vocab)
+        with self._lock:
+            self._require_open()
+            return self._runtime.detokenize(ids)
 
     def format_query(self, text: str, task: str | None = None) -> str:
         """``text`` as a query with ``task`` (default: the model's) in the model's query template."""

@@ -346,6 +346,23 @@ class LlamaRuntime:
                 raise BackendError(f"llama.cpp could not tokenize a {len(data)}-byte input")
         return list(buf[:n])
 
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of token ids, each in ``[0, n_vocab)`` (llama.cpp does not check them): special
+        tokens rendered as their text, none removed; bytes that are not UTF-8 (ids cut inside a
+        character) become U+FFFD, as HF ``tokenizers`` decodes them."""
+        if not ids:
+            return ""
+        lc = self._llama
+        tokens = (lc.llama_token * len(ids))(*ids)
+        cap = 4 * len(ids) + 64
+        for _ in range(2):  # a too-small buffer gets the size needed, negated
+            buf = ctypes.create_string_buffer(cap)
+            n = lc.llama_detokenize(self.vocab, tokens, len(ids), buf, cap, False, True)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            cap = -n
+        raise BackendError(f"llama.cpp could not detokenize {len(ids)} token ids")
+
     def special_token_id(self, text: str) -> int | None:
         """The id of a special token given as text (e.g. ``<|endoftext|>``), or None."""
         ids = self.tokenize(text, parse_special=True)

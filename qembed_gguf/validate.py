@@ -14,7 +14,8 @@ import numpy as np
 
 from .errors import InputError, InputTooLongError, InputTypeError, InvalidTextError
 
-__all__ = ["check_int", "check_number", "check_text", "check_texts", "check_token_lists", "lone_surrogate",
+__all__ = ["check_int", "check_number", "check_text", "check_texts", "check_token_ids", "check_token_lists",
+           "lone_surrogate",
            "context_sizes", "fit_sequences", "DEFAULT_MAX_TOKENS", "MAX_SEQUENCES", "MAX_THREADS"]
 
 log = logging.getLogger("qembed_gguf.embedder")  # the truncation warning is the Embedder's
@@ -100,6 +101,22 @@ def check_token_lists(inputs: Sequence[Sequence[int]], n_vocab: int) -> list[lis
                 raise InputError(f"tokens[{i}][{j}] = {t} is not a token id of this model (vocabulary: 0..{n_vocab - 1})")
         out.append([int(t) for t in seq])
     return out
+
+
+def check_token_ids(ids: Sequence[int], n_vocab: int, what: str = "ids") -> list[int]:
+    """One sequence of token ids (a list, tuple or 1-D integer array; may be empty) as a list of ints in
+    ``[0, n_vocab)``; else :class:`InputTypeError` / :class:`InputError` naming the position."""
+    if isinstance(ids, np.ndarray) and ids.ndim == 1 and np.issubdtype(ids.dtype, np.integer):
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes, bytearray)) or not isinstance(ids, Sequence):
+        raise InputTypeError(f"{what} must be a sequence of integer token ids, got {type(ids).__name__}")
+    for j, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            hint = " (one sequence of ids per call)" if isinstance(t, (list, tuple, np.ndarray)) else ""
+            raise InputTypeError(f"{what}[{j}] is {type(t).__name__}, not an integer token id{hint}")
+        if not 0 <= t < n_vocab:
+            raise InputError(f"{what}[{j}] = {t} is not a token id of this model (vocabulary: 0..{n_vocab - 1})")
+    return [int(t) for t in ids]
 
 
 def context_sizes(*, max_tokens: int | None, n_ctx: int | None, n_ubatch: int, trained: int) -> tuple[int, int, int]:

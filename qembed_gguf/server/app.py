@@ -1,4 +1,5 @@
-"""The ASGI application: OpenAI-compatible ``/v1/embeddings``, ``/v1/models``, ``/health``.
+"""The ASGI application: OpenAI-compatible ``/v1/embeddings``, ``/v1/models``, ``/health``; ``/tokenize``,
+``/detokenize``.
 
 Nothing here reads files or renders templates: a request can only name the served model, send
 text or token ids, and choose the output dimension and encoding.
@@ -36,7 +37,8 @@ from ..lookup import Pending
 from ..postprocess import l2_normalize, truncate_dim
 from .batcher import Job, JobCancelled, MicroBatcher, QueueFull, ShuttingDown, TooManyTokens
 from .protocol import (ECHO_CHARS, APIError, Limits, embeddings_body, error_body, is_json_media_type, models_body,
-                       parse_embedding_request, shown, too_many_tokens)
+                       parse_detokenize_request, parse_embedding_request, parse_tokenize_request, shown,
+                       too_many_tokens)
 from .security import HostGuard, allowed_hosts
 
 __all__ = ["ServerConfig", "create_app"]
@@ -163,6 +165,16 @@ def _gone() -> Response:
     return Response(status_code=499)  # nginx's "client closed request": logged, never received
 
 
+def _not_json(request: Request) -> Response | None:
+    """The 415 answer to a POST whose body is not declared JSON (see :func:`.protocol.is_json_media_type`)."""
+    content_type = request.headers.get("content-type")
+    if is_json_media_type(content_type):
+        return None
+    got = f"got {shown(content_type)}" if content_type else "none was sent"
+    return _error(APIError(415, f"the request body must be JSON, sent with 'Content-Type: application/json' "
+                                f"({got})", code="unsupported_media_type", headers=CLOSE))
+
+
 class EmbeddingService:
     """Request handling on top of one Embedder and its :class:`MicroBatcher`."""
 
@@ -244,11 +256,9 @@ class EmbeddingService:
         raise _ClientLeft
 
     async def embeddings(self, request: Request) -> Response:
-        content_type = request.headers.get("content-type")
-        if not is_json_media_type(content_type):
-            got = f"got {shown(content_type)}" if content_type else "none was sent"
-            return _error(APIError(415, f"the request body must be JSON, sent with 'Content-Type: application/json' "
-                                        f"({got})", code="unsupported_media_type", headers=CLOSE))
+        refused = _not_json(request)
+        if refused is not None:
+            return refused
         try:
             unavailable = self._unavailable()
             if unavailable is not None:
@@ -329,6 +339,43 @@ class EmbeddingService:
         e.stats.add(cache_hits=pending.hits, cache_misses=pending.misses)
         return pending
 
+    async def tokenize(self, request: Request) -> Response:
+        """``POST /tokenize``: each input's token ids as it is embedded (:meth:`Embedder.tokenize`)."""
+        return await self._tokens(request, self._tokenize_body)
+
+    async def detokenize(self, request: Request) -> Response:
+        """``POST /detokenize``: the text of each token-id sequence (:meth:`Embedder.detokenize`)."""
+        return await self._tokens(request, self._detokenize_body)
+
+    def _tokenize_body(self, body: bytes) -> bytes:
+        _, texts = parse_tokenize_request(body, served=self.config.model_names, limits=self.limits)
+        return _dumps({"tokens": self.embedder.tokenize(texts)})
+
+    def _detokenize_body(self, body: bytes) -> bytes:
+        _, sequences = parse_detokenize_request(body, served=self.config.model_names, n_vocab=self.embedder.n_vocab,
+                                                limits=self.limits)
+        return _dumps({"text": [self.embedder.detokenize(s) for s in sequences]})
+
+    async def _tokens(self, request: Request, answer) -> Response:
+        """The checks of ``/v1/embeddings`` (JSON media type, model available, body within the
+        timeout), then ``answer(body)`` (parse, work, render) in a worker thread: the Embedder's lock,
+        which a decode call may hold, is never waited for on the event loop."""
+        refused = _not_json(request)
+        if refused is not None:
+            return refused
+        try:
+            unavailable = self._unavailable()
+            if unavailable is not None:
+                raise unavailable
+            payload = await asyncio.to_thread(answer, await self._body(request))
+        except APIError as err:
+            return _error(err)
+        except ClientDisconnect:
+            return _gone()
+        except InputError as err:  # the protocol checks every input first: the model was unloaded under it
+            return _error(self._unavailable() or APIError(400, str(err)))
+        return Response(payload, media_type="application/json")
+
     async def models(self, request: Request) -> Response:
         return _JSON(models_body(self.config.model_names, self.created))
 
@@ -405,6 +452,8 @@ def create_app(embedder: Embedder, config: ServerConfig, *, close_embedder: bool
             Route("/v1/models", service.models, methods=["GET"]),
             Route("/v1/models/{name:path}", service.model, methods=["GET"]),
             Route("/health", service.health, methods=["GET"]),
+            Route("/tokenize", service.tokenize, methods=["POST"]),
+            Route("/detokenize", service.detokenize, methods=["POST"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,

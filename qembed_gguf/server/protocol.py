@@ -10,6 +10,9 @@ Requests (``POST /v1/embeddings``) follow OpenAI's schema, with two extensions::
      "truncate": false,                      # extension: cut over-long inputs instead of a 400
      "user": "..."}                          # accepted, ignored
 
+``POST /tokenize`` (``{"model", "input": "text" | ["text", ...]}``) and ``POST /detokenize``
+(``{"model", "tokens": [[id, ...], ...] | [id, ...]}``) take the same ``model`` and the same rules.
+
 Every problem becomes an :class:`APIError` carrying the HTTP status and OpenAI's error body
 ``{"error": {"message", "type", "param", "code"}}``; messages name the field and the input index.
 
@@ -33,7 +36,8 @@ import numpy as np
 from ..errors import InputError
 from ..validate import lone_surrogate
 
-__all__ = ["APIError", "Limits", "EmbeddingRequest", "parse_embedding_request", "encode_vector",
+__all__ = ["APIError", "Limits", "EmbeddingRequest", "parse_embedding_request", "parse_tokenize_request",
+           "parse_detokenize_request", "encode_vector",
            "embeddings_body", "models_body", "error_body", "shown", "json_depth", "is_json_media_type",
            "MAX_JSON_DEPTH", "ECHO_CHARS"]
 
@@ -229,14 +233,12 @@ def _parse_input(value: Any, limits: Limits, n_vocab: int) -> tuple[list[str] | 
     return None, tokens
 
 
-def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int, min_dim: int, default_task: str,
-                            n_vocab: int, eos_id: int, limits: Limits,
-                            truncate_default: bool = False) -> EmbeddingRequest:
-    """Validate a request body; raises :class:`APIError` (4xx) naming the offending field."""
+def _request(body: bytes, served: Sequence[str], field: str) -> tuple[dict, str, list[_Constant]]:
+    """A request body as ``(object, model, constants)``, with ``model`` one of ``served`` (404
+    otherwise) and ``field`` present."""
     obj, constants = _loads(body)
     if not isinstance(obj, dict):
         raise APIError(400, f"the request body must be a JSON object, got {_kind(obj)}", code="invalid_json")
-
     model = obj.get("model")
     if model is None:
         raise _bad("'model' is required", "model", "missing_required_parameter")
@@ -245,9 +247,22 @@ def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int
     if model not in served:
         raise APIError(404, f"the model {shown(model)} does not exist on this server (it serves: "
                             f"{', '.join(served)})", param="model", code="model_not_found")
+    if field not in obj:
+        raise _bad(f"'{field}' is required", field, "missing_required_parameter")
+    return obj, model, constants
 
-    if "input" not in obj:
-        raise _bad("'input' is required", "input", "missing_required_parameter")
+
+def _refuse_constants(constants: list[_Constant]) -> None:
+    if constants:  # somewhere validation does not look (e.g. "user")
+        raise APIError(400, f"the request body is not valid JSON: it holds {constants[0].name}, which JSON does not "
+                            f"have (NaN and Infinity are JavaScript, not JSON)", code="invalid_json")
+
+
+def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int, min_dim: int, default_task: str,
+                            n_vocab: int, eos_id: int, limits: Limits,
+                            truncate_default: bool = False) -> EmbeddingRequest:
+    """Validate a request body; raises :class:`APIError` (4xx) naming the offending field."""
+    obj, model, constants = _request(body, served, "input")
     texts, tokens = _parse_input(obj["input"], limits, n_vocab)
 
     dim = obj.get("dimensions")
@@ -293,11 +308,65 @@ def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int
             total += min(n, limits.max_input_tokens)
         if total > limits.max_request_tokens:
             raise too_many_tokens(total, limits.max_request_tokens)
-    if constants:  # somewhere validation does not look (e.g. "user")
-        raise APIError(400, f"the request body is not valid JSON: it holds {constants[0].name}, which JSON does not "
-                            f"have (NaN and Infinity are JavaScript, not JSON)", code="invalid_json")
+    _refuse_constants(constants)
     return EmbeddingRequest(model=model, texts=texts, tokens=tokens, dim=dim, encoding_format=fmt,
                             instruction=instruction, truncate=truncate)
+
+
+def parse_tokenize_request(body: bytes, *, served: Sequence[str], limits: Limits) -> tuple[str, list[str]]:
+    """``POST /tokenize`` ``{"model", "input": "text" | ["text", ...]}`` → ``(model, texts)``; else APIError."""
+    obj, model, constants = _request(body, served, "input")
+    value = obj["input"]
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list):
+        raise _bad(f"'input' must be a string or a list of strings, got {_kind(value)}", "input", "invalid_type")
+    if not texts:
+        raise _bad("'input' is an empty list", "input")
+    if len(texts) > limits.max_inputs:
+        raise _bad(f"'input' has {len(texts)} items, more than this server's limit of {limits.max_inputs} per "
+                   f"request; split it", "input", "too_many_inputs")
+    for i, item in enumerate(texts):
+        if not isinstance(item, str):
+            raise _bad(f"input[{i}] is {_kind(item)}, not a string", f"input[{i}]", "invalid_type")
+        _check_text(item, f"input[{i}]")
+    _refuse_constants(constants)
+    return model, list(texts)
+
+
+def parse_detokenize_request(body: bytes, *, served: Sequence[str], n_vocab: int,
+                             limits: Limits) -> tuple[str, list[list[int]]]:
+    """``POST /detokenize`` ``{"model", "tokens": [[id, ...], ...] | [id, ...]}`` (a flat list is one
+    sequence) → ``(model, sequences)``, or :class:`APIError`. At most ``limits.max_inputs`` sequences and
+    ``limits.max_request_tokens`` ids in all (a text can be hundreds of times the size of its ids)."""
+    obj, model, constants = _request(body, served, "tokens")
+    value = obj["tokens"]
+    if not isinstance(value, list):
+        raise _bad(f"'tokens' must be a list of token ids or a list of such lists, got {_kind(value)}", "tokens",
+                   "invalid_type")
+    if not value:
+        raise _bad("'tokens' is an empty list", "tokens")
+    flat = not isinstance(value[0], list)
+    sequences = [value] if flat else value
+    if len(sequences) > limits.max_inputs:
+        raise _bad(f"'tokens' has {len(sequences)} sequences, more than this server's limit of {limits.max_inputs} "
+                   f"per request; split it", "tokens", "too_many_inputs")
+    for i, seq in enumerate(sequences):
+        if not isinstance(seq, list):
+            raise _bad(f"tokens[{i}] is {_kind(seq)}, not a list of token ids: 'tokens' must be one list of ids "
+                       f"or a list of such lists", f"tokens[{i}]", "invalid_type")
+    total = sum(len(seq) for seq in sequences)
+    if total > limits.max_request_tokens:
+        raise _bad(f"'tokens' holds {total} token ids, more than this server's limit of {limits.max_request_tokens} "
+                   f"per request; split it into several requests", "tokens", "max_tokens_per_request")
+    for i, seq in enumerate(sequences):
+        where = "tokens" if flat else f"tokens[{i}]"
+        for j, t in enumerate(seq):
+            if not _is_int(t):
+                raise _bad(f"{where}[{j}] is {_kind(t)}, not an integer token id", where, "invalid_type")
+            if not 0 <= t < n_vocab:
+                raise _bad(f"{where}[{j}] = {t} is not a token id of this model (0..{n_vocab - 1})", where)
+    _refuse_constants(constants)
+    return model, sequences
 
 
 def too_many_tokens(n_tokens: int, limit: int) -> APIError:

@@ -165,14 +165,13 @@ def _gone() -> Response:
     return Response(status_code=499)  # nginx's "client closed request": logged, never received
 
 
-def _not_json(request: Request) -> Response | None:
-    """The 415 answer to a POST whose body is not declared JSON (see :func:`.protocol.is_json_media_type`)."""
+def _require_json(request: Request) -> None:
+    """415 for a POST whose body is not declared JSON (see :func:`.protocol.is_json_media_type`)."""
     content_type = request.headers.get("content-type")
-    if is_json_media_type(content_type):
-        return None
-    got = f"got {shown(content_type)}" if content_type else "none was sent"
-    return _error(APIError(415, f"the request body must be JSON, sent with 'Content-Type: application/json' "
-                                f"({got})", code="unsupported_media_type", headers=CLOSE))
+    if not is_json_media_type(content_type):
+        got = f"got {shown(content_type)}" if content_type else "none was sent"
+        raise APIError(415, f"the request body must be JSON, sent with 'Content-Type: application/json' ({got})",
+                       code="unsupported_media_type", headers=CLOSE)
 
 
 class EmbeddingService:
@@ -255,17 +254,21 @@ class EmbeddingService:
                  request.client.host if request.client else "?", len(job))
         raise _ClientLeft
 
+    async def _accepted_body(self, request: Request, *, queues: bool) -> bytes:
+        """What every POST passes before its body is parsed: a JSON media type, a model that is
+        loaded, room in the queue (``queues``: the request will queue model work), and its body
+        within the read timeout. Raises :class:`APIError`."""
+        _require_json(request)
+        unavailable = self._unavailable()
+        if unavailable is not None:
+            raise unavailable
+        if queues and self.batcher.pending >= self.batcher.max_queue_inputs:  # before reading the body
+            raise self._busy(f"{self.batcher.pending} inputs are waiting")
+        return await self._body(request)
+
     async def embeddings(self, request: Request) -> Response:
-        refused = _not_json(request)
-        if refused is not None:
-            return refused
         try:
-            unavailable = self._unavailable()
-            if unavailable is not None:
-                raise unavailable
-            if self.batcher.pending >= self.batcher.max_queue_inputs:  # before reading the body
-                raise self._busy(f"{self.batcher.pending} inputs are waiting")
-            body = await self._body(request)
+            body = await self._accepted_body(request, queues=True)
         except APIError as err:
             return _error(err)
         except ClientDisconnect:
@@ -360,14 +363,8 @@ class EmbeddingService:
         """The checks of ``/v1/embeddings`` (JSON media type, model available, body within the
         timeout), then ``answer(body)`` (parse, work, render) in a worker thread: the Embedder's lock,
         which a decode call may hold, is never waited for on the event loop."""
-        refused = _not_json(request)
-        if refused is not None:
-            return refused
         try:
-            unavailable = self._unavailable()
-            if unavailable is not None:
-                raise unavailable
-            payload = await asyncio.to_thread(answer, await self._body(request))
+            payload = await asyncio.to_thread(answer, await self._accepted_body(request, queues=False))
         except APIError as err:
             return _error(err)
         except ClientDisconnect:

@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         big_name, big_shape = "tiny", SHAPES["tiny"]
         n1, n2, n3, n4, n_sweep, rounds = 12, 2, 8, 6, 6, 1
         w2_range, scaling = (300, 600), [64, 128, 256]
-        st_batches, sweep_quants = [8], ["q4_k_m", "q8_0"]
+        st_batches, sweep_quants = [8], ["q4_k_m"]
     else:  # real layer shapes AND the real 151,669-token vocabulary and tokenizer
         from qembed_gguf.realvocab import QWEN3_VOCAB_SIZE, write_qwen3_tokenizer
 

@@ -238,3 +238,27 @@ def live_app():
     for server, thread in servers:
         server.should_exit = True
         thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def realvocab_ckpt(qwen3_tokenizer_dir, tmp_path_factory):
+    """The tiny shape with the real 151,669-token vocabulary and tokenizer (random weights)."""
+    from qembed_gguf.synthetic import SHAPES, write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("realvocab") / "realvocab-small", SHAPES["realvocab-small"],
+                            tokenizer_from=qwen3_tokenizer_dir, seed=3, name="realvocab-small")
+
+
+@pytest.fixture(scope="session")
+def realvocab_gguf(realvocab_ckpt, tmp_path_factory):
+    """``get(outtype)``: that checkpoint converted by us (once per type per session)."""
+    from qembed_gguf import convert
+
+    out, cache = tmp_path_factory.mktemp("realvocab-gguf"), {}
+
+    def get(outtype: str):
+        if outtype not in cache:
+            cache[outtype] = convert(realvocab_ckpt, outtype=outtype, outfile=out / f"rv-{outtype}.gguf", quiet=True)
+        return cache[outtype]
+
+    return get

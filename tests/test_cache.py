@@ -121,12 +121,17 @@ def test_server_answers_hits_from_the_cache(backend, live_app):
 @pytest.mark.redis
 def test_redis_outage_degrades_to_misses(redis_url, caplog):
     import redis
+    import redis.backoff
+    import redis.retry
 
     cache = RedisCache(f"{redis_url}?prefix=outage-{uuid.uuid4().hex}:")
     with Embedder("tiny", cache=cache) as e:
         want = e.embed_documents(TEXTS[:3])
         cache._redis.connection_pool.disconnect()
-        cache._redis = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
+        # nothing listens on port 1; no retries (redis-py's default backs off for seconds): the point is
+        # that a failing backend degrades to misses, not how long the client retries
+        cache._redis = redis.Redis(port=1, socket_connect_timeout=0.2,
+                                   retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
         with caplog.at_level(logging.WARNING, logger="qembed_gguf.cache"):
             np.testing.assert_array_equal(e.embed_documents(TEXTS[:3]), want)
         assert "carrying on without it" in caplog.text

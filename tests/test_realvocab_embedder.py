@@ -37,28 +37,6 @@ N_VOCAB = 151669
 
 
 @pytest.fixture(scope="module")
-def realvocab_ckpt(qwen3_tokenizer_dir, tmp_path_factory):
-    from qembed_gguf.synthetic import SHAPES, write_checkpoint
-
-    return write_checkpoint(tmp_path_factory.mktemp("realvocab") / "realvocab-small", SHAPES["realvocab-small"],
-                            tokenizer_from=qwen3_tokenizer_dir, seed=3, name="realvocab-small")
-
-
-@pytest.fixture(scope="module")
-def realvocab_gguf(realvocab_ckpt, tmp_path_factory):
-    from qembed_gguf import convert
-
-    out, cache = tmp_path_factory.mktemp("realvocab-gguf"), {}
-
-    def get(outtype: str):
-        if outtype not in cache:
-            cache[outtype] = convert(realvocab_ckpt, outtype=outtype, outfile=out / f"rv-{outtype}.gguf", quiet=True)
-        return cache[outtype]
-
-    return get
-
-
-@pytest.fixture(scope="module")
 def hf(realvocab_ckpt):
     """HF tokenizer and last-token-pooled, normalised transformers vectors (float32) of the checkpoint."""
     torch = pytest.importorskip("torch")

@@ -18,7 +18,7 @@ import pytest
 from qembed_gguf import Embedder, InputError, InputTypeError, InvalidTextError, registry
 from qembed_gguf.server import Limits, ServerConfig
 
-from test_realvocab_embedder import MULTILINGUAL, N_VOCAB, realvocab_ckpt, realvocab_gguf  # noqa: F401 (fixtures)
+from test_realvocab_embedder import MULTILINGUAL, N_VOCAB
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -56,13 +56,13 @@ def tiny_hf():
 
 
 @pytest.fixture(scope="module")
-def real(realvocab_gguf):  # noqa: F811 (the fixture imported above)
+def real(realvocab_gguf):
     with Embedder(realvocab_gguf("f16"), n_threads=2) as e:
         yield e
 
 
 @pytest.fixture(scope="module")
-def real_hf(realvocab_ckpt):  # noqa: F811
+def real_hf(realvocab_ckpt):
     return tokenizers.Tokenizer.from_file(str(realvocab_ckpt / "tokenizer.json"))
 
 

@@ -462,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         n1, n2, n3, n4, n_sweep, rounds = 12, 2, 8, 6, 6, 1
         w2_range, scaling = (300, 600), [64, 128, 256]
         st_batches, sweep_quants = [8], ["q4_k_m"]
+        args.w2_st = False  # W1 already runs the sentence-transformers worker; once is enough for a smoke
     else:  # real layer shapes AND the real 151,669-token vocabulary and tokenizer
         from qembed_gguf.realvocab import QWEN3_VOCAB_SIZE, write_qwen3_tokenizer
 

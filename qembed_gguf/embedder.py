@@ -286,11 +286,16 @@ class Embedder(SentenceTransformersAPI):
 
     def format_query(self, text: str, task: str | None = None) -> str:
         """``text`` as a query with ``task`` (default: the model's) in the model's query template."""
+        return self.format_queries([text], task)[0]
+
+    def format_queries(self, texts: Sequence[str], task: str | None = None) -> list[str]:
+        """Every text as a query with ``task`` (checked once, however many texts)."""
         if task is not None:
             if not isinstance(task, str):
                 raise InputTypeError(f"the instruction must be a string, got {type(task).__name__}")
             check_text(task, "instruction")
-        return self.facts.query_template.format(task=self.facts.default_task if task is None else task, text=text)
+        template, task = self.facts.query_template, self.facts.default_task if task is None else task
+        return [template.format(task=task, text=t) for t in texts]
 
     # -- embedding --------------------------------------------------------------------------------
     def embed(
@@ -312,7 +317,7 @@ class Embedder(SentenceTransformersAPI):
         """
         items = check_texts(texts)
         if instruction is not None:
-            items = [self.format_query(t, instruction) for t in items]
+            items = self.format_queries(items, instruction)
         return self._embed(items, dim=dim, normalize=normalize, batch_tokens=batch_tokens,
                            max_seqs=None, show_progress=show_progress)
 

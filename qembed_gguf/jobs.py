@@ -244,7 +244,7 @@ def _run(embedder, opener: Callable[[], IO[bytes]], source: str, fmt: str, out: 
                 else:
                     texts = [t for _, t, _ in chunk]
                     if instruction is not None:
-                        texts = [e.format_query(t, instruction) for t in texts]
+                        texts = e.format_queries(texts, instruction)
                     decoded = e.stats.tokens_decoded  # the model's own count: no second tokenization
                     vectors = e.embed(texts, dim=settings.dim, batch_tokens=settings.batch_tokens)
                     n_tokens += e.stats.tokens_decoded - decoded

@@ -335,7 +335,7 @@ class EmbeddingService:
         dim = req.dim or e.dim
         if req.texts is None:  # token ids: grouped, never cached (the cache keys on text)
             return Pending.look_up([tuple(t) for t in req.tokens], None, dim=dim, normalize=True)
-        texts = req.texts if req.instruction is None else [e.format_query(t, req.instruction) for t in req.texts]
+        texts = req.texts if req.instruction is None else e.format_queries(req.texts, req.instruction)
         if e.cache is None:
             return Pending.look_up(texts, None, dim=dim, normalize=True)
         pending = await asyncio.to_thread(Pending.look_up, texts, e.cache, dim=dim, normalize=True)

@@ -10,8 +10,11 @@ The recipe (../shared/QWEN3_EMBEDDING.md), applied here rather than trusted to t
 
 Inputs are tokenized once, packed longest-first into decode calls of one llama.cpp micro-batch
 each (see :mod:`qembed_gguf.batching` for why) and returned in input order. Nothing is cut
-silently: inputs longer than ``max_tokens`` are either truncated with a warning
-(``truncate=True``, the default, keeping the pooling token last) or rejected with :class:`InputTooLongError` (``truncate=False``).
+silently: an input longer than ``max_tokens`` is truncated with a warning (``long_inputs="truncate"``,
+the default, keeping the pooling token last), rejected with :class:`InputTooLongError`
+(``"error"``) or embedded in overlapping windows whose vectors are averaged (``"chunk"``; the exact
+rule is in :mod:`qembed_gguf.longinputs`). :meth:`Embedder.embed_chunks` instead returns one vector
+per chunk with its character span, for knowledge bases.
 """
 
 from __future__ import annotations
@@ -20,18 +23,21 @@ import logging
 import os
 import threading
 import unicodedata
+from operator import attrgetter
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .batching import plan_batches
 from .cache import RECIPE_VERSION, EmbeddingCache, VectorCache, open_cache
+from .chunks import Chunk, embed_chunks
 from .errors import InputError, InputTypeError, ModelLoadError
 from .facts import ModelFacts
 from .fileinfo import read_gguf_info
 from .devices import gpu_free_bytes, gpu_offload_supported, usable_cpus
 from .gguf_check import check_gguf
 from .integrity import content_fingerprint, require_integrity
+from .longinputs import Plan, check_policy, plan as plan_long, resolve_policy
 from .lookup import Pending
 from .gpuplan import KV_CACHE_TYPES, ModelGeometry, Plan, check_gpu_request, resolve_gpu_layers
 from .modelcache import resolve_model
@@ -78,8 +84,13 @@ class Embedder(SentenceTransformersAPI):
             ``LLAMA_MAX_SEQ``).
         dim: default output dimension (Matryoshka), in ``[mrl_min_dim, full dim]``; None = full.
         normalize: L2-normalise outputs by default.
-        truncate: True: inputs longer than ``max_tokens`` are cut (keeping the pooling token last)
-            with one warning per call; False: they raise :class:`InputTooLongError`.
+        long_inputs: what an input longer than ``max_tokens`` gets: ``"truncate"`` (default): cut,
+            keeping the pooling token last, with one warning per call; ``"error"``:
+            :class:`InputTooLongError`; ``"chunk"``: split into windows of ``max_tokens - 1`` tokens
+            that overlap by ``chunk_overlap``, embedded separately and averaged
+            (:mod:`qembed_gguf.longinputs` has the exact rule).
+        chunk_overlap: tokens consecutive windows share under ``"chunk"``, in ``[0, max_tokens - 2]``.
+        truncate: the older spelling: True is ``long_inputs="truncate"``, False ``"error"``.
         flash_attn: llama.cpp flash attention (default on: 1.3x faster on CPU; its kernel
             accumulates in half precision, see the README). False: off; None: llama.cpp decides.
         kv_cache_type: ``"f16"`` (default) or ``"q8_0"`` (half the KV-cache memory, for long
@@ -117,7 +128,9 @@ class Embedder(SentenceTransformersAPI):
         max_batch_sequences: int = 64,
         dim: int | None = None,
         normalize: bool = True,
-        truncate: bool = True,
+        long_inputs: str | None = None,
+        chunk_overlap: int = 0,
+        truncate: bool | None = None,
         flash_attn: bool | None = True,
         kv_cache_type: str = "f16",
         use_mmap: bool | None = None,
@@ -159,7 +172,8 @@ class Embedder(SentenceTransformersAPI):
             raise InputError(f"kv_cache_type={kv_cache_type!r} needs flash_attn (llama.cpp cannot use a "
                              f"quantized V cache without it)")
         self.normalize = bool(normalize)
-        self.truncate = bool(truncate)
+        self.long_inputs, self.chunk_overlap = resolve_policy(long_inputs, truncate, chunk_overlap,
+                                                             max_tokens=self._max_tokens)
         self._dim = self.check_dim(dim)
 
         offload = gpu_offload_supported()
@@ -194,7 +208,9 @@ class Embedder(SentenceTransformersAPI):
         try:
             backend = open_cache(cache)
             if backend is not None:
-                settings = (f"{RECIPE_VERSION}|max_tokens={self._max_tokens}|truncate={self.truncate}|"
+                policy = f"truncate={self.truncate}" if self.long_inputs != "chunk" else \
+                    f"long_inputs=chunk,overlap={self.chunk_overlap}"  # the keys of older caches unchanged
+                settings = (f"{RECIPE_VERSION}|max_tokens={self._max_tokens}|{policy}|"
                             f"flash_attn={flash_attn}|kv={kv_cache_type}")
                 self._cache = VectorCache(backend, f"{content_fingerprint(self.path, header)}|{settings}")
                 log.info("embedding cache: %s", backend.description)
@@ -213,30 +229,15 @@ class Embedder(SentenceTransformersAPI):
         return int(dim)
 
     # -- properties -----------------------------------------------------------------------------
-    @property
-    def dim(self) -> int:
-        """The full embedding dimension."""
-        return self.facts.dim
-
-    @property
-    def mrl_min_dim(self) -> int:
-        """The smallest Matryoshka dimension ``dim=`` accepts."""
-        return self.facts.mrl_min_dim
-
-    @property
-    def max_tokens(self) -> int:
-        """The longest input, in tokens, the pooling token included."""
-        return self._max_tokens
-
-    @property
-    def n_ctx(self) -> int:
-        """The largest llama.cpp context: the most tokens one decode batch may hold."""
-        return self._n_ctx
-
-    @property
-    def batch_tokens(self) -> int:
-        """The default token budget of one decode call (``n_ubatch``)."""
-        return self._n_ubatch
+    dim = property(attrgetter("facts.dim"), doc="The full embedding dimension.")
+    mrl_min_dim = property(attrgetter("facts.mrl_min_dim"), doc="The smallest Matryoshka dimension ``dim=`` accepts.")
+    max_tokens = property(attrgetter("_max_tokens"), doc="The longest input, in tokens, the pooling token included.")
+    n_ctx = property(attrgetter("_n_ctx"),
+                     doc="The largest llama.cpp context: the most tokens one decode batch may hold.")
+    batch_tokens = property(attrgetter("_n_ubatch"),
+                            doc="The default token budget of one decode call (``n_ubatch``).")
+    pooling_token_id = property(attrgetter("_eos"), doc="The id of ``<|endoftext|>``, which ends every input.")
+    cache = property(attrgetter("_cache"), doc="The vector cache bound to this model and its settings, or None.")
 
     @property
     def n_vocab(self) -> int:
@@ -245,19 +246,14 @@ class Embedder(SentenceTransformersAPI):
         return self._runtime.n_vocab
 
     @property
-    def pooling_token_id(self) -> int:
-        """The id of ``<|endoftext|>``, which ends every input."""
-        return self._eos
+    def truncate(self) -> bool:
+        """Whether over-long inputs are cut (``long_inputs == "truncate"``)."""
+        return self.long_inputs == "truncate"
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` freed the model."""
         return self._runtime is None
-
-    @property
-    def cache(self) -> VectorCache | None:
-        """The vector cache bound to this model and its settings, or None."""
-        return self._cache
 
     # -- tokens -----------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
@@ -283,6 +279,13 @@ class Embedder(SentenceTransformersAPI):
         with self._lock:
             self._require_open()
             return self._runtime.detokenize(ids)
+
+    def piece_lengths(self, ids: Sequence[int]) -> list[int]:
+        """UTF-8 bytes of each token id's text (special tokens as their text): token boundaries as byte offsets."""
+        ids = check_token_ids(ids, self.n_vocab)
+        with self._lock:
+            self._require_open()
+            return self._runtime.piece_lengths(ids)
 
     def format_query(self, text: str, task: str | None = None) -> str:
         """``text`` as a query with ``task`` (default: the model's) in the model's query template."""
@@ -335,8 +338,10 @@ class Embedder(SentenceTransformersAPI):
         pooling token must end each input exactly once). Ids are checked against the vocabulary;
         the cache is not used (it keys on text).
         """
-        sequences = self.prepare_tokens(inputs)
-        return self._finish(self.pool(sequences, batch_tokens=batch_tokens), dim=dim, normalize=normalize)
+        planned = self.plan(self.prepare_tokens(inputs))
+        return planned.combine(self.pool(planned.sequences, batch_tokens=batch_tokens),
+                               dim=self.check_dim(dim) if dim is not None else self._dim,
+                               normalize=self.normalize if normalize is None else normalize)
 
     def prepare_tokens(self, inputs: Sequence[Sequence[int]]) -> list[list[int]]:
         """Validated token-id inputs, each ending with exactly one pooling token."""
@@ -353,7 +358,8 @@ class Embedder(SentenceTransformersAPI):
         """Raw pooled hidden states, ``(len(sequences), dim)`` float32, of prepared token sequences.
 
         The low-level step under every ``embed*`` call (the server batches requests through it):
-        applies the ``max_tokens`` rule, packs the sequences into decode calls and returns the
+        applies the ``max_tokens`` rule (:meth:`fit`; under ``long_inputs="chunk"`` give it
+        :meth:`plan`'s sequences), packs the sequences into decode calls and returns the
         rows in input order, neither truncated (Matryoshka) nor normalised.
 
         ``cancelled(i)``, when given, is asked before each decode call about every sequence ``i``
@@ -403,12 +409,13 @@ class Embedder(SentenceTransformersAPI):
             check_finite(pooled)
         return pooled
 
-    def _finish(self, pooled: np.ndarray, *, dim: int | None, normalize: bool | None) -> np.ndarray:
-        """Matryoshka truncation to ``dim``, then L2 normalisation (the defaults when None)."""
+    def finish(self, pooled: np.ndarray, *, dim: int | None = None, normalize: bool | None = None) -> np.ndarray:
+        """Pooled rows (:meth:`pool`) as vectors: Matryoshka truncation to ``dim``, then L2
+        normalisation (this Embedder's defaults where None)."""
         dim = self.check_dim(dim) if dim is not None else self._dim
-        normalize = self.normalize if normalize is None else normalize
         vectors = truncate_dim(pooled, dim)
-        return l2_normalize(vectors) if normalize else np.ascontiguousarray(vectors, dtype=np.float32)
+        return l2_normalize(vectors) if (self.normalize if normalize is None else normalize) \
+            else np.ascontiguousarray(vectors, dtype=np.float32)
 
     def _embed(self, items: list[str], *, dim: int | None, normalize: bool | None, batch_tokens: int | None,
                max_seqs: int | None, show_progress: bool) -> np.ndarray:
@@ -425,19 +432,45 @@ class Embedder(SentenceTransformersAPI):
         missing = pending.missing
         fresh = np.empty((0, dim or self.dim), dtype=np.float32)
         if missing:
-            sequences = self.fit(self._tokenize([pending.texts[k] for k in missing]),
-                                 rows=[pending.rows[k] for k in missing])
-            fresh = self._finish(self.pool(sequences, batch_tokens=batch_tokens, max_seqs=max_seqs,
-                                           show_progress=show_progress), dim=dim, normalize=normalize)
-        return pending.complete(fresh)  # truncated ones too: the cache's settings say truncate=True
+            planned = self.plan(self._tokenize([pending.texts[k] for k in missing]),
+                                rows=[pending.rows[k] for k in missing])
+            fresh = planned.combine(self.pool(planned.sequences, batch_tokens=batch_tokens, max_seqs=max_seqs,
+                                              show_progress=show_progress), dim=dim, normalize=normalize)
+        return pending.complete(fresh)  # cut ones too: the cache's settings name the policy
+
+    def plan(self, sequences: list[list[int]], *, long_inputs: str | None = None,
+             rows: Sequence[Sequence[int]] | None = None) -> Plan:
+        """Prepared sequences with the long-input policy (default: the Embedder's) applied: what to
+        decode (:meth:`pool`) and how to put it back together (:meth:`Plan.combine`); see
+        :mod:`qembed_gguf.longinputs`. ``rows[k]``: the caller's inputs sequence ``k`` stands for
+        (error messages name the first)."""
+        policy = self.long_inputs if long_inputs is None else check_policy(
+            long_inputs, self.chunk_overlap, max_tokens=self._max_tokens)[0]
+        return plan_long(sequences, limit=self._max_tokens, eos=self._eos, long_inputs=policy,
+                         overlap=self.chunk_overlap, rows=rows)
 
     def fit(self, sequences: list[list[int]], *, truncate: bool | None = None,
             rows: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
-        """Apply the ``max_tokens`` rule to prepared sequences (:func:`qembed_gguf.validate.fit_sequences`):
-        cut keeping the pooling token last, or, with ``truncate`` False (default: the Embedder's),
-        :class:`InputTooLongError` naming the first; ``rows[k]``: the caller's inputs sequence k stands for."""
+        """The ``max_tokens`` rule on prepared sequences (:func:`qembed_gguf.validate.fit_sequences`):
+        cut keeping the pooling token last, or, with ``truncate`` False (default: True only under
+        ``long_inputs="truncate"``), :class:`InputTooLongError` naming the first."""
         return fit_sequences(sequences, limit=self._max_tokens, eos=self._eos,
                              truncate=self.truncate if truncate is None else truncate, rows=rows)
+
+    def embed_chunks(self, texts: str | Sequence[str], *, chunk_tokens: int, overlap: int = 0, dim: int | None = None,
+                     query: bool = False, task: str | None = None, normalize: bool | None = None,
+                     batch_tokens: int | None = None) -> list[Chunk]:
+        """Split each text into chunks of at most ``chunk_tokens`` tokens (pooling token included; in
+        ``[2, max_tokens]``), consecutive chunks sharing ``overlap`` tokens, and embed every chunk.
+
+        Returns one :class:`~qembed_gguf.chunks.Chunk` per chunk, texts in order and each text's
+        chunks in order: ``.index`` (the text), ``.chunk``, ``.start``/``.end`` (``text[start:end]``
+        is the chunk; a text's chunks run from 0 to ``len(text)``), ``.n_tokens`` and ``.vector``.
+        Chunks end at token boundaries, preferring a paragraph, then a sentence break near the end
+        of the window (:mod:`qembed_gguf.chunks`). ``query``: each chunk is embedded as a query
+        with ``task`` (the template's tokens come out of ``chunk_tokens``). The cache is not used."""
+        return embed_chunks(self, texts, chunk_tokens=chunk_tokens, overlap=overlap, dim=dim, query=query,
+                            task=task, normalize=normalize, batch_tokens=batch_tokens)
 
     def embed_query(self, texts: str | Sequence[str], *, task: str | None = None, **kwargs) -> np.ndarray:
         """Embed search queries: each text becomes ``Instruct: {task}\\nQuery:{text}``."""

@@ -363,6 +363,19 @@ class LlamaRuntime:
             cap = -n
         raise BackendError(f"llama.cpp could not detokenize {len(ids)} token ids")
 
+    def piece_lengths(self, ids: Sequence[int]) -> list[int]:
+        """The UTF-8 bytes each token id stands for, special tokens as their text (ids in ``[0, n_vocab)``):
+        the byte offsets of token boundaries in the text they came from."""
+        lc, vocab = self._llama, self.vocab
+        buf = ctypes.create_string_buffer(256)
+        lengths = []
+        for token in ids:
+            n = lc.llama_token_to_piece(vocab, token, buf, 256, 0, True)
+            if n < 0:  # longer than the buffer: -n is the length
+                n = -n
+            lengths.append(n)
+        return lengths
+
     def special_token_id(self, text: str) -> int | None:
         """The id of a special token given as text (e.g. ``<|endoftext|>``), or None."""
         ids = self.tokenize(text, parse_special=True)

@@ -159,7 +159,7 @@ def fit_sequences(sequences: list[list[int]], *, limit: int, eos: int, truncate:
     if not truncate:
         raise InputTooLongError(
             f"input {first} has {n} tokens, more than max_tokens={limit} ({n_long} input(s) too long); "
-            f"shorten it or use truncate=True", index=first, n_tokens=n, max_tokens=limit)
+            f"shorten it, or use long_inputs=\"truncate\" or \"chunk\"", index=first, n_tokens=n, max_tokens=limit)
     log.warning("%d input(s) longer than max_tokens=%d were truncated (first: input %d, %d tokens)",
                 n_long, limit, first, n)
     return [s if len(s) <= limit else s[:limit - 1] + [eos] for s in sequences]

@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_no_top_level_convert_module_installed():
-    dist = importlib.metadata.distribution("qembed-gguf")
+    # the installed distribution, not a qembed_gguf.egg-info that a development install left in the checkout
+    # (the root is on sys.path when pytest runs from it, and importlib.metadata would find that first)
+    site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    dist = next(iter(importlib.metadata.distributions(name="qembed-gguf", path=site)), None)
+    assert dist is not None, f"qembed-gguf is not installed in {site}"
     direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
     if direct_url.get("dir_info", {}).get("editable"):
         pytest.skip("editable install: its file list is the source tree; CI checks a real install")

@@ -20,7 +20,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from ..embedder import Embedder
 from ..errors import BackendError
-from .app import ServerConfig, create_app
+from .app import create_app
+from .config import ServerConfig
 from .protocol import APIError, Limits
 from .security import is_loopback
 

@@ -1,0 +1,52 @@
+"""What a server is configured with (:class:`ServerConfig`), checked when it is made."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import InputError
+from .protocol import Limits
+
+__all__ = ["ServerConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """How the server answers. ``model_names``: the ids clients may send as ``model``.
+
+    ``allowed_hosts``: the ``Host`` names answered (any port; ``"*"``: any); empty: the policy of
+    :func:`.security.allowed_hosts` for the bind address (loopback names only when it is loopback
+    or unknown). ``cors_origins``: web origins allowed to call the API from a browser (CORS);
+    none by default. ``read_timeout_s``: the longest a request body may take to arrive.
+    ``shutdown_timeout_s``: how long a shutdown lets accepted requests finish before cancelling them.
+    """
+
+    model_names: tuple[str, ...]
+    api_key: str | None = None
+    limits: Limits = Limits()
+    truncate: bool = False            # default of the request's "truncate" field
+    max_wait_ms: float = 5.0          # micro-batching window (only while other requests are arriving)
+    max_batch_inputs: int = 512
+    max_queue_inputs: int = 8192
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    read_timeout_s: float = 30.0
+    shutdown_timeout_s: float = 10.0
+
+    def __post_init__(self):
+        if isinstance(self.model_names, str) or not self.model_names or not all(
+                isinstance(n, str) and n for n in self.model_names):
+            raise InputError(f"model_names must be a non-empty tuple of non-empty strings, got {self.model_names!r}")
+        for name in ("allowed_hosts", "cors_origins"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise InputError(f"{name} must be a tuple of non-empty strings, got {value!r}")
+        for name in ("read_timeout_s", "shutdown_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise InputError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if self.read_timeout_s == 0:
+            raise InputError("read_timeout_s must be > 0")
+        if self.max_queue_inputs < self.limits.max_inputs:
+            raise InputError(f"max_queue_inputs ({self.max_queue_inputs}) must be >= limits.max_inputs "
+                             f"({self.limits.max_inputs}), or a full-size request could never be accepted")

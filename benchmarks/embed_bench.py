@@ -326,12 +326,13 @@ def _env(pythonpath: str | None) -> dict:
     return env
 
 
-def run_worker(job: dict, timeout: float) -> dict:
-    """Run one measurement in a fresh interpreter; its result, or {"error": ...}."""
+def run_worker(job: dict, timeout: float, script: str = __file__) -> dict:
+    """Run one measurement in a fresh interpreter (``script _worker JOB.json``: this benchmark's
+    worker, or another benchmark's); its result (the last JSON line it prints), or {"error": ...}."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(job, fh)
     try:
-        proc = subprocess.run([sys.executable, __file__, "_worker", fh.name], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, script, "_worker", fh.name], capture_output=True, text=True,
                               timeout=timeout, cwd=tempfile.gettempdir(), env=_env(job.get("pythonpath")))
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}

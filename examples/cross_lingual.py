@@ -8,6 +8,15 @@ instruction (or ``--task``), and the documents are ranked by cosine similarity f
 For the built-in queries, whose topic is known, hits on the right topic are marked ``*`` and
 counted at the end.
 
+Long documents are cut into chunks of at most ``--chunk-tokens`` tokens (default 512; consecutive
+chunks share ``--overlap`` tokens, default an eighth of the chunk: 64) by ``Embedder.embed_chunks``;
+a document scores as its best chunk, and that chunk (its character span in the document's text and
+the text itself) is what is shown. A document shorter than a chunk is one chunk: embedded whole, as
+before. (The best chunk rather than ``Embedder(long_inputs="chunk")``, which averages windows of
+``max_tokens`` into one vector: the passage that answers a query is usually a small part of a long
+document, an average dilutes it, and the best chunk is also the evidence to show in the document's
+own language.)
+
 The bundled ``tiny`` model has random weights: the command runs anywhere, but its rankings are
 meaningless (expect chance level)::
 
@@ -17,7 +26,7 @@ Use a real model to see the point (converted once from the Hugging Face hub, or 
 Qwen3-Embedding ``.gguf`` file)::
 
     python examples/cross_lingual.py --model Qwen3-Embedding-0.6B-Q8_0.gguf
-    python examples/cross_lingual.py --model qwen3-embedding-0.6b --top-k 3 \\
+    python examples/cross_lingual.py --model qwen3-embedding-0.6b --top-k 3 --chunk-tokens 256 \\
         -q "How do I make dumplings?" --task "Given a question, retrieve recipes that answer it"
 """
 
@@ -37,6 +46,8 @@ from qembed_gguf.errors import InputError, QembedError
 log = logging.getLogger("cross_lingual")
 
 DEFAULT_DOCS = Path(__file__).resolve().parent / "data" / "multilingual.jsonl"
+DEFAULT_CHUNK_TOKENS = 512
+DEFAULT_OVERLAP = DEFAULT_CHUNK_TOKENS // 8  # 64
 
 # English queries, with the topic of the documents that answer them
 DEFAULT_QUERIES = [
@@ -62,6 +73,21 @@ class Query:
     topic: str | None = None  # the expected topic, when known
 
 
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """A document as one query ranks it: by its best chunk, ``doc.text[start:end]``."""
+
+    doc: Doc
+    score: float  # the best chunk's cosine similarity to the query
+    start: int
+    end: int
+    chunks: int  # how many chunks the document was cut into
+
+    @property
+    def text(self) -> str:
+        return self.doc.text[self.start:self.end]
+
+
 def load_docs(path: Path) -> list[Doc]:
     """The documents of a JSONL file; a malformed line raises :class:`InputError` naming it."""
     docs = []
@@ -83,33 +109,52 @@ def load_docs(path: Path) -> list[Doc]:
 
 
 def rank(embedder: Embedder, docs: list[Doc], queries: list[Query], *, task: str | None = None,
-         dim: int | None = None) -> list[list[tuple[Doc, float]]]:
-    """For each query, every document with its cosine similarity, best first."""
-    doc_vectors = embedder.embed_documents([d.text for d in docs], dim=dim, normalize=True)
+         dim: int | None = None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+         overlap: int = DEFAULT_OVERLAP) -> list[list[Match]]:
+    """For each query, every document, best first, scored by its best chunk's cosine similarity."""
+    chunks = embedder.embed_chunks([d.text for d in docs], chunk_tokens=chunk_tokens, overlap=overlap, dim=dim,
+                                   normalize=True)
     query_vectors = embedder.embed_query([q.text for q in queries], task=task, dim=dim, normalize=True)
-    scores = query_vectors @ doc_vectors.T
-    return [[(docs[i], float(row[i])) for i in np.argsort(-row, kind="stable")] for row in scores]
+    scores = query_vectors @ np.stack([c.vector for c in chunks]).T  # (queries, chunks)
+    owner = np.array([c.index for c in chunks])  # chunks come grouped by document, in order
+    first = np.searchsorted(owner, np.arange(len(docs)))
+    counts = np.bincount(owner, minlength=len(docs))
+    rankings = []
+    for row in scores:
+        best = [int(lo + np.argmax(row[lo:lo + n])) for lo, n in zip(first, counts)]
+        order = np.argsort(-row[best], kind="stable")
+        rankings.append([Match(docs[i], float(row[best[i]]), chunks[best[i]].start, chunks[best[i]].end,
+                               int(counts[i])) for i in order])
+    return rankings
 
 
-def _print_rankings(queries: list[Query], rankings: list[list[tuple[Doc, float]]], k: int, as_json: bool) -> None:
+def snippet(text: str, width: int = 100) -> str:
+    """``text`` on one line (white space runs as one space), cut to ``width`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[:width - 3] + "..."
+
+
+def _print_rankings(queries: list[Query], rankings: list[list[Match]], k: int, as_json: bool) -> None:
     on_topic = judged = 0
     for query, ranking in zip(queries, rankings):
         top = ranking[:k]
         if as_json:
             print(json.dumps({"query": query.text, "topic": query.topic, "ranking": [
-                {"id": d.id, "lang": d.lang, "topic": d.topic, "score": round(s, 6), "text": d.text} for d, s in top]},
+                {"id": m.doc.id, "lang": m.doc.lang, "topic": m.doc.topic, "score": round(m.score, 6),
+                 "start": m.start, "end": m.end, "chunks": m.chunks, "text": m.text} for m in top]},
                 ensure_ascii=False))
             continue
         print(f"query: {query.text}" + (f"  [topic: {query.topic}]" if query.topic else ""))
-        for n, (doc, score) in enumerate(top, start=1):
-            mark = "*" if query.topic and doc.topic == query.topic else " "
-            print(f"  {n:2d}. {score:+.4f} {mark} {doc.lang:>3}  {doc.text}")
+        for n, m in enumerate(top, start=1):
+            mark = "*" if query.topic and m.doc.topic == query.topic else " "
+            span = f"[{m.start}:{m.end}] " if m.chunks > 1 else ""  # which part of a long document matched
+            print(f"  {n:2d}. {m.score:+.4f} {mark} {m.doc.lang:>3}  {span}{snippet(m.text)}")
         print()
         if query.topic:
             judged += len(top)
-            on_topic += sum(doc.topic == query.topic for doc, _ in top)
+            on_topic += sum(m.doc.topic == query.topic for m in top)
     if judged and not as_json:
-        docs = [d for d, _ in rankings[0]]
+        docs = [m.doc for m in rankings[0]]
         chance = np.mean([sum(d.topic == q.topic for d in docs) / len(docs) for q in queries if q.topic])
         print(f"on-topic documents in the top {k}: {on_topic}/{judged} ({on_topic / judged:.0%}; chance: {chance:.0%})")
 
@@ -125,6 +170,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="tiny", help="GGUF file, registry name or hub id (default: tiny)")
     parser.add_argument("--dim", type=int, default=None, help="Matryoshka dimension (default: the model's full one)")
     parser.add_argument("-k", "--top-k", type=int, default=5, help="documents shown per query (default 5)")
+    parser.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS,
+                        help=f"most tokens per chunk of a long document, the pooling token included "
+                             f"(default {DEFAULT_CHUNK_TOKENS})")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help=f"tokens consecutive chunks of a document share (default: an eighth of --chunk-tokens, "
+                             f"{DEFAULT_OVERLAP} at {DEFAULT_CHUNK_TOKENS})")
     parser.add_argument("--json", action="store_true", help="print one JSON object per query")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     args = parser.parse_args(argv)
@@ -132,6 +183,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"{args.docs} is not a file")
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
+    if args.overlap is None:
+        args.overlap = args.chunk_tokens // 8
     return args
 
 
@@ -144,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         docs = load_docs(args.docs)
         with Embedder(args.model) as embedder:
             log.info("ranking %d documents for %d queries with %s", len(docs), len(queries), embedder.path.name)
-            rankings = rank(embedder, docs, queries, task=args.task, dim=args.dim)
+            rankings = rank(embedder, docs, queries, task=args.task, dim=args.dim, chunk_tokens=args.chunk_tokens,
+                            overlap=args.overlap)
     except QembedError as exc:
         log.error("%s", exc)
         return 1

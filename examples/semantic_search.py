@@ -1,12 +1,18 @@
 """Semantic search over a folder of text files with qembed-gguf and a FAISS index.
 
-Every ``.txt`` file under the folder is split into paragraphs (blank-line separated); the
-paragraphs are embedded as documents and stored in a FAISS ``IndexFlatIP``: the vectors are
-L2-normalised, so the inner product is the cosine similarity. Each ``--query`` is embedded with
-the model's query instruction and answered with the ``--top-k`` closest paragraphs.
+Every ``.txt`` file under the folder is cut into chunks of at most ``--chunk-tokens`` tokens
+(default 256; consecutive chunks share ``--overlap`` tokens, default an eighth of the chunk: 32) by
+``Embedder.embed_chunks``, which ends a chunk at a paragraph, else a sentence, else a line break
+near the end of its window. Each chunk's vector goes into a FAISS ``IndexFlatIP``: the vectors are
+L2-normalised, so the inner product is the cosine similarity. Each ``--query`` is embedded with the
+model's query instruction and answered with the ``--top-k`` best files, each shown with its
+best-matching chunk: its character span ``[start:end]`` in the file (``text[start:end]``, the file
+read as UTF-8 with its line endings as they are) and a snippet of it. ``--every-chunk`` lists the
+best chunks instead, several per file if they score so.
 
 With ``--index-dir`` the index and its metadata are saved, and reused by later runs as long as
-the model, the dimension and the files are unchanged (otherwise the index is rebuilt).
+the model, the dimension, the chunk settings and the files are unchanged (otherwise the index is
+rebuilt).
 
 Run it on the bundled sample documents (English, French, German, Chinese) with the bundled
 ``tiny`` model, which runs anywhere but has random weights, so its rankings are meaningless::
@@ -16,7 +22,7 @@ Run it on the bundled sample documents (English, French, German, Chinese) with t
 With a real model (converted once from the Hugging Face hub, or any Qwen3-Embedding ``.gguf``)::
 
     python examples/semantic_search.py examples/data/docs --model qwen3-embedding-0.6b \\
-        --index-dir /tmp/docs-index --top-k 3 -q "How do volcanoes erupt?"
+        --index-dir /tmp/docs-index --top-k 3 --chunk-tokens 512 --overlap 64 -q "How do volcanoes erupt?"
 
 Needs FAISS: ``pip install faiss-cpu``.
 """
@@ -29,9 +35,10 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from pathlib import Path
+
+import numpy as np
 
 from qembed_gguf import Embedder
 from qembed_gguf.errors import QembedError
@@ -44,17 +51,24 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 log = logging.getLogger("semantic_search")
 
 DEFAULT_DOCS = Path(__file__).resolve().parent / "data" / "docs"
+DEFAULT_CHUNK_TOKENS = 256
+DEFAULT_OVERLAP = DEFAULT_CHUNK_TOKENS // 8  # 32
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
-META_FORMAT = 1
+META_FORMAT = 2  # 1: one entry per paragraph; 2: one per chunk, with its character span
 
 
 @dataclasses.dataclass(frozen=True)
 class Passage:
-    """One paragraph of one file; ``file`` is relative to the indexed folder, ``paragraph`` 1-based."""
+    """One chunk of one file: ``file`` is relative to the indexed folder, ``chunk`` the chunk's
+    0-based number in that file, ``[start, end)`` its character span in the file's text (``text``
+    is that slice), ``n_tokens`` the tokens embedded (the pooling token included)."""
 
     file: str
-    paragraph: int
+    chunk: int
+    start: int
+    end: int
+    n_tokens: int
     text: str
 
 
@@ -64,21 +78,13 @@ class Hit:
     score: float
 
 
-def split_paragraphs(text: str) -> list[str]:
-    """The non-empty paragraphs of ``text``: blocks separated by blank lines, lines re-joined."""
-    blocks = re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n"))
-    return [" ".join(line.strip() for line in block.splitlines() if line.strip()) for block in blocks if block.strip()]
-
-
 def text_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.txt") if p.is_file())
 
 
-def load_passages(folder: Path) -> list[Passage]:
-    """Every paragraph of every ``.txt`` file under ``folder``, files in path order."""
-    return [Passage(path.relative_to(folder).as_posix(), n, paragraph)
-            for path in text_files(folder)
-            for n, paragraph in enumerate(split_paragraphs(path.read_text(encoding="utf-8")), start=1)]
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text, line endings untouched: chunk offsets index exactly this string."""
+    return path.read_bytes().decode("utf-8")
 
 
 def corpus_fingerprint(folder: Path) -> str:
@@ -90,15 +96,36 @@ def corpus_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def build_index(embedder: Embedder, passages: list[Passage], *, dim: int | None = None) -> faiss.Index:
-    """A FAISS inner-product index over the passages' (L2-normalised) document vectors."""
+def embed_folder(embedder: Embedder, folder: Path, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                 overlap: int = DEFAULT_OVERLAP, dim: int | None = None) -> tuple[list[Passage], np.ndarray]:
+    """The chunks of every non-blank ``.txt`` file under ``folder`` (files in path order, chunks in
+    text order) and their L2-normalised document vectors, one row per chunk, in one library call."""
+    paths = text_files(folder)
+    texts = [read_text(p) for p in paths]
+    keep = [i for i, t in enumerate(texts) if t.strip()]  # an empty file has nothing to find
+    chunks = embedder.embed_chunks([texts[i] for i in keep], chunk_tokens=chunk_tokens, overlap=overlap,
+                                   dim=dim, normalize=True) if keep else []
+    passages = []
+    for c in chunks:
+        i = keep[c.index]
+        passages.append(Passage(paths[i].relative_to(folder).as_posix(), c.chunk, c.start, c.end, c.n_tokens,
+                                texts[i][c.start:c.end]))
+    width = dim or embedder.dim
+    vectors = np.stack([c.vector for c in chunks]) if chunks else np.zeros((0, width), dtype=np.float32)
+    return passages, np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def build_index(embedder: Embedder, folder: Path, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                overlap: int = DEFAULT_OVERLAP, dim: int | None = None) -> tuple[faiss.Index, list[Passage]]:
+    """A FAISS inner-product index over the chunks' (L2-normalised) document vectors, and the chunks."""
     started = time.perf_counter()
-    vectors = embedder.embed_documents([p.text for p in passages], dim=dim, normalize=True)
+    passages, vectors = embed_folder(embedder, folder, chunk_tokens=chunk_tokens, overlap=overlap, dim=dim)
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
-    log.info("embedded %d paragraphs (dim %d) in %.2f s", len(passages), vectors.shape[1],
-             time.perf_counter() - started)
-    return index
+    log.info("embedded %d chunks of %d files (%d tokens, chunk_tokens %d, overlap %d, dim %d) in %.2f s",
+             len(passages), len({p.file for p in passages}), sum(p.n_tokens for p in passages), chunk_tokens,
+             overlap, vectors.shape[1], time.perf_counter() - started)
+    return index, passages
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -107,73 +134,102 @@ def _write_atomically(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_index(index_dir: Path, index: faiss.Index, passages: list[Passage], *, model: str, corpus: str) -> None:
+def index_settings(*, model: str, dim: int, chunk_tokens: int, overlap: int, corpus: str) -> dict:
+    """What a saved index was made with; a change in any of these makes it stale."""
+    return {"format": META_FORMAT, "model": model, "dim": dim, "chunk_tokens": chunk_tokens, "overlap": overlap,
+            "corpus": corpus}
+
+
+def save_index(index_dir: Path, index: faiss.Index, passages: list[Passage], *, settings: dict) -> None:
     index_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"format": META_FORMAT, "model": model, "dim": index.d, "corpus": corpus,
-            "passages": [dataclasses.asdict(p) for p in passages]}
+    meta = {**settings, "passages": [dataclasses.asdict(p) for p in passages]}
     _write_atomically(index_dir / INDEX_FILE, lambda tmp: faiss.write_index(index, str(tmp)))
     _write_atomically(index_dir / META_FILE,
                       lambda tmp: tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8"))
-    log.info("saved the index of %d paragraphs to %s", len(passages), index_dir)
+    log.info("saved the index of %d chunks to %s", len(passages), index_dir)
 
 
-def load_index(index_dir: Path, *, model: str, dim: int, corpus: str) -> tuple[faiss.Index, list[Passage]] | None:
-    """The saved index and its passages, or None when absent or made for another model/dim/corpus."""
+def load_index(index_dir: Path, *, settings: dict) -> tuple[faiss.Index, list[Passage]] | None:
+    """The saved index and its chunks, or None when absent or made with other :func:`index_settings`."""
     meta_path, index_path = index_dir / META_FILE, index_dir / INDEX_FILE
     if not (meta_path.is_file() and index_path.is_file()):
         return None
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    wanted = {"format": META_FORMAT, "model": model, "dim": dim, "corpus": corpus}
-    stale = [key for key, value in wanted.items() if meta.get(key) != value]
+    stale = [key for key, value in settings.items() if meta.get(key) != value]
     if stale:
         log.info("the index in %s is stale (%s changed): rebuilding it", index_dir, ", ".join(stale))
         return None
     index = faiss.read_index(str(index_path))
     passages = [Passage(**p) for p in meta["passages"]]
-    if index.ntotal != len(passages) or index.d != dim:
+    if index.ntotal != len(passages) or index.d != settings["dim"]:
         log.warning("the index in %s does not match its metadata: rebuilding it", index_dir)
         return None
-    log.info("loaded the index of %d paragraphs from %s", len(passages), index_dir)
+    log.info("loaded the index of %d chunks from %s", len(passages), index_dir)
     return index, passages
 
 
-def open_index(embedder: Embedder, folder: Path, *, dim: int | None = None,
+def open_index(embedder: Embedder, folder: Path, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+               overlap: int = DEFAULT_OVERLAP, dim: int | None = None,
                index_dir: Path | None = None) -> tuple[faiss.Index, list[Passage]]:
     """The index of ``folder``: loaded from ``index_dir`` when still valid, else built (and saved)."""
-    out_dim = dim or embedder.dim
-    corpus = corpus_fingerprint(folder)
+    embedder.check_dim(dim)  # a bad dim fails before any work, not after embedding the folder
+    settings = index_settings(model=embedder.path.name, dim=dim or embedder.dim, chunk_tokens=chunk_tokens,
+                              overlap=overlap, corpus=corpus_fingerprint(folder))
     if index_dir is not None:
-        loaded = load_index(index_dir, model=embedder.path.name, dim=out_dim, corpus=corpus)
+        loaded = load_index(index_dir, settings=settings)
         if loaded is not None:
             return loaded
-    passages = load_passages(folder)
-    index = build_index(embedder, passages, dim=dim)
+    index, passages = build_index(embedder, folder, chunk_tokens=chunk_tokens, overlap=overlap, dim=dim)
     if index_dir is not None:
-        save_index(index_dir, index, passages, model=embedder.path.name, corpus=corpus)
+        save_index(index_dir, index, passages, settings=settings)
     return index, passages
 
 
 def search(embedder: Embedder, index: faiss.Index, passages: list[Passage], queries: list[str], *,
-           k: int = 5, dim: int | None = None, task: str | None = None) -> list[list[Hit]]:
-    """The ``k`` best passages for each query, best first."""
+           k: int = 5, dim: int | None = None, task: str | None = None, per_file: bool = True) -> list[list[Hit]]:
+    """For each query, best first: the ``k`` best files, each as its best chunk (``per_file``), or
+    the ``k`` best chunks whatever their file."""
     if not queries or index.ntotal == 0:
         return [[] for _ in queries]
-    scores, ids = index.search(embedder.embed_query(queries, task=task, dim=dim), min(k, index.ntotal))
-    return [[Hit(passages[i], float(s)) for s, i in zip(row_scores, row_ids) if i >= 0]
-            for row_scores, row_ids in zip(scores, ids)]
+    query_vectors = embedder.embed_query(queries, task=task, dim=dim)
+    if not per_file:
+        scores, ids = index.search(query_vectors, min(k, index.ntotal))
+        return [[Hit(passages[i], float(s)) for s, i in zip(row_scores, row_ids) if i >= 0]
+                for row_scores, row_ids in zip(scores, ids)]
+    want = min(k, len({p.file for p in passages}))
+    depth = min(index.ntotal, 2 * k)
+    while True:  # deepen the search until every query has k distinct files (or every chunk was seen)
+        scores, ids = index.search(query_vectors, depth)
+        results = []
+        for row_scores, row_ids in zip(scores, ids):
+            best: dict[str, Hit] = {}  # FAISS returns best first: a file's first chunk is its best
+            for s, i in zip(row_scores, row_ids):
+                if i >= 0 and passages[i].file not in best:
+                    best[passages[i].file] = Hit(passages[i], float(s))
+            results.append(list(best.values())[:k])
+        if depth == index.ntotal or all(len(r) >= want for r in results):
+            return results
+        depth = min(index.ntotal, 2 * depth)
+
+
+def snippet(text: str, width: int = 80) -> str:
+    """``text`` on one line (white space runs as one space), cut to ``width`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[:width - 3] + "..."
 
 
 def _print_results(queries: list[str], results: list[list[Hit]], folder: Path, as_json: bool) -> None:
     for query, hits in zip(queries, results):
         if as_json:
             print(json.dumps({"query": query, "hits": [
-                {"file": str(folder / h.passage.file), "paragraph": h.passage.paragraph, "score": round(h.score, 6),
+                {"file": str(folder / h.passage.file), "chunk": h.passage.chunk, "start": h.passage.start,
+                 "end": h.passage.end, "n_tokens": h.passage.n_tokens, "score": round(h.score, 6),
                  "text": h.passage.text} for h in hits]}, ensure_ascii=False))
             continue
         print(f"query: {query}")
         for rank, h in enumerate(hits, start=1):
-            snippet = h.passage.text if len(h.passage.text) <= 90 else h.passage.text[:87] + "..."
-            print(f"  {rank:2d}. {h.score:+.4f}  {h.passage.file} #{h.passage.paragraph}  {snippet}")
+            p = h.passage
+            print(f"  {rank:2d}. {h.score:+.4f}  {p.file} [{p.start}:{p.end}]  {snippet(p.text)}")
         print()
 
 
@@ -188,8 +244,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="tiny", help="GGUF file, registry name or hub id (default: tiny)")
     parser.add_argument("--dim", type=int, default=None, help="Matryoshka dimension (default: the model's full one)")
     parser.add_argument("--task", default=None, help="query instruction (default: the model's own)")
+    parser.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS,
+                        help=f"most tokens per chunk, the pooling token included (default {DEFAULT_CHUNK_TOKENS})")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help=f"tokens consecutive chunks of a file share (default: an eighth of --chunk-tokens, "
+                             f"{DEFAULT_OVERLAP} at {DEFAULT_CHUNK_TOKENS})")
+    parser.add_argument("--every-chunk", action="store_true",
+                        help="list the best chunks, several per file if they score so (default: each file once, "
+                             "as its best chunk)")
     parser.add_argument("--index-dir", type=Path, default=None,
-                        help="save the index here, and reuse it while model, dim and files are unchanged")
+                        help="save the index here, and reuse it while model, dim, chunk settings and files are "
+                             "unchanged")
     parser.add_argument("--json", action="store_true", help="print one JSON object per query")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     args = parser.parse_args(argv)
@@ -197,6 +262,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"{args.folder} is not a folder")
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
+    if args.overlap is None:
+        args.overlap = args.chunk_tokens // 8
     return args
 
 
@@ -209,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         with Embedder(args.model) as embedder:
-            index, passages = open_index(embedder, args.folder, dim=args.dim, index_dir=args.index_dir)
-            results = search(embedder, index, passages, args.query, k=args.top_k, dim=args.dim, task=args.task)
+            index, passages = open_index(embedder, args.folder, chunk_tokens=args.chunk_tokens, overlap=args.overlap,
+                                         dim=args.dim, index_dir=args.index_dir)
+            results = search(embedder, index, passages, args.query, k=args.top_k, dim=args.dim, task=args.task,
+                             per_file=not args.every_chunk)
     except QembedError as exc:
         log.error("%s", exc)
         return 1

@@ -10,8 +10,8 @@ How a text is cut (all of it pure functions, below):
    Otherwise the chunk ends at the best break near the end of its window: after a blank line (a
    paragraph) in its second half, else after a sentence's end in its last third, else after a line
    break in its last quarter, else at white space or any token boundary in its last eighth; among
-   equals, the latest. The next chunk starts ``overlap``
-   tokens before that end.
+   equals, the latest. The next chunk starts ``overlap`` tokens before that end, or a little later
+   at the first word boundary of that stretch, so that it does not start inside a word.
 3. Character offsets are mapped back to the text as given (which may not be NFC), so
    ``text[start:end]`` is the chunk's text; the chunks of one text are in order, start at 0, end
    at ``len(text)``, and each starts no later than the previous one ended.
@@ -68,12 +68,18 @@ def nfc_with_offsets(text: str) -> tuple[str, Callable[[int, bool], int]]:
     up to the nearest such place. Identity for text already in NFC (nearly all text)."""
     if unicodedata.is_normalized("NFC", text):
         return text, lambda i, up: i
-    # break before a starter only where normalising the two sides apart changes nothing: checked against
-    # the whole piece since the last break (a Hangul syllable composes from three jamo, all starters)
+    # a cut is safe where normalising the two sides apart changes nothing; checked on the stretch from
+    # the second starter (a character of canonical combining class 0) before it to the second after it,
+    # which holds everything NFC could compose or reorder across it (a Hangul syllable: three jamo)
     nfc_of = functools.partial(unicodedata.normalize, "NFC")
+    starters = [i for i, ch in enumerate(text) if unicodedata.combining(ch) == 0]
     cuts = [0]
     for i in range(1, len(text)):
-        if unicodedata.combining(text[i]) == 0 and nfc_of(text[cuts[-1]:i + 1]) == nfc_of(text[cuts[-1]:i]) + nfc_of(text[i]):
+        s = bisect.bisect_left(starters, i)  # starters[s - 1] < i <= starters[s]
+        lo = starters[s - 2] if s >= 2 else 0
+        hi = starters[s + 2] if s + 2 < len(starters) else len(text)
+        # (a stretch over 64 characters, a long run of combining marks, is not cut: no input can make this slow)
+        if hi - lo <= 64 and nfc_of(text[lo:hi]) == nfc_of(text[lo:i]) + nfc_of(text[i:hi]):
             cuts.append(i)
     cuts.append(len(text))
     pieces = [unicodedata.normalize("NFC", text[a:b]) for a, b in zip(cuts, cuts[1:])]
@@ -114,7 +120,8 @@ def plan_token_spans(bounds: Sequence[int | None], *, budget: int, overlap: int,
     character offset of the boundary before token ``k`` (None inside a character; ``bounds[0]`` and
     ``bounds[-1]`` are never None). Each span holds at most ``budget`` tokens and ends at the best
     break (``quality`` of the offset) near its window's end (:data:`REACH`); the next starts ``overlap``
-    tokens before the previous end, moved forward to a character boundary."""
+    tokens before the previous end, moved forward to the first break of quality >= 1 (a word boundary) in
+    the overlap, else to a character boundary."""
     n = len(bounds) - 1
     if n == 0:
         return [(0, 0)]
@@ -132,9 +139,11 @@ def plan_token_spans(bounds: Sequence[int | None], *, budget: int, overlap: int,
         end = max(counting)[1] if counting else (valid[-1] if valid else hard)
         spans.append((start, end))
         nxt = max(end - overlap, start + 1)
+        # the overlap starts at a word (or better) boundary where its stretch has one, else at a character's
+        words = [k for k in range(nxt, end) if bounds[k] is not None and quality(bounds[k]) >= 1]
         while nxt < end and bounds[nxt] is None:
             nxt += 1
-        start = nxt
+        start = words[0] if words else nxt
 
 
 def _token_bounds(nfc: str, lengths: Sequence[int]) -> tuple[list[int | None], list[int]]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import unicodedata
 from operator import attrgetter
 from typing import Callable, Sequence
 
@@ -31,13 +30,14 @@ import numpy as np
 from .batching import plan_batches
 from .cache import RECIPE_VERSION, EmbeddingCache, VectorCache, open_cache
 from .chunks import Chunk, embed_chunks
-from .errors import InputError, InputTypeError, ModelLoadError
+from .errors import InputError, ModelLoadError
 from .facts import ModelFacts
 from .fileinfo import read_gguf_info
 from .devices import gpu_free_bytes, gpu_offload_supported, usable_cpus
 from .gguf_check import check_gguf
 from .integrity import content_fingerprint, require_integrity
-from .longinputs import Plan, check_policy, plan as plan_long, resolve_policy
+from . import longinputs
+from .longinputs import check_policy, resolve_policy
 from .lookup import Pending
 from .gpuplan import KV_CACHE_TYPES, ModelGeometry, Plan, check_gpu_request, resolve_gpu_layers
 from .modelcache import resolve_model
@@ -45,21 +45,14 @@ from .postprocess import check_finite, l2_normalize, truncate_dim
 from .runtime import LlamaRuntime, default_repack
 from .stats import EmbedderStats
 from .st_compat import SentenceTransformersAPI
-from .validate import (MAX_SEQUENCES, MAX_THREADS, check_int, check_text, check_texts, check_token_ids,
-                       check_token_lists, context_sizes, fit_sequences)
+from .tokens import POOLING_TOKEN, TokensAPI
+from .validate import (MAX_SEQUENCES, MAX_THREADS, check_int, check_texts, context_sizes, fit_sequences)
 
 __all__ = ["Embedder", "ModelFacts", "EmbedderStats"]
 
 log = logging.getLogger(__name__)
 
-POOLING_TOKEN = "<|endoftext|>"
-
-
-def _nfc(text: str) -> str:
-    return text if text.isascii() else unicodedata.normalize("NFC", text)
-
-
-class Embedder(SentenceTransformersAPI):
+class Embedder(TokensAPI, SentenceTransformersAPI):
     """Embed texts with a Qwen3-Embedding GGUF model through llama.cpp.
 
     Args:
@@ -255,51 +248,6 @@ class Embedder(SentenceTransformersAPI):
         """Whether :meth:`close` freed the model."""
         return self._runtime is None
 
-    # -- tokens -----------------------------------------------------------------------------------
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids as the official tokenizer gives them: NFC first (its tokenizer.json normaliser;
-        llama.cpp's qwen2 pre-tokenizer does not normalise), then BPE, then the pooling token."""
-        with self._lock:
-            self._require_open()
-            return [self._runtime.tokenize(_nfc(t)) + [self._eos] for t in texts]
-
-    def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
-        """Tokens each input takes, the pooling token included (before any truncation)."""
-        return [len(ids) for ids in self._tokenize(check_texts(texts))]
-
-    def tokenize(self, texts: str | Sequence[str]) -> list[list[int]]:
-        """Token ids of each input exactly as it is embedded (:meth:`prepare_texts`: NFC, no BOS, special-token
-        text left as text, ``<|endoftext|>`` last): HF ``tokenizers``' ``encode(text).ids``."""
-        return self.prepare_texts(texts)
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        """The text of one sequence of token ids, special tokens as their text (``<|endoftext|>``); bytes
-        that are not UTF-8 (ids cut inside a character) become U+FFFD; an id outside the vocabulary is an InputError."""
-        ids = check_token_ids(ids, self.n_vocab)
-        with self._lock:
-            self._require_open()
-            return self._runtime.detokenize(ids)
-
-    def piece_lengths(self, ids: Sequence[int]) -> list[int]:
-        """UTF-8 bytes of each token id's text (special tokens as their text): token boundaries as byte offsets."""
-        ids = check_token_ids(ids, self.n_vocab)
-        with self._lock:
-            self._require_open()
-            return self._runtime.piece_lengths(ids)
-
-    def format_query(self, text: str, task: str | None = None) -> str:
-        """``text`` as a query with ``task`` (default: the model's) in the model's query template."""
-        return self.format_queries([text], task)[0]
-
-    def format_queries(self, texts: Sequence[str], task: str | None = None) -> list[str]:
-        """Every text as a query with ``task`` (checked once, however many texts)."""
-        if task is not None:
-            if not isinstance(task, str):
-                raise InputTypeError(f"the instruction must be a string, got {type(task).__name__}")
-            check_text(task, "instruction")
-        template, task = self.facts.query_template, self.facts.default_task if task is None else task
-        return [template.format(task=task, text=t) for t in texts]
-
     # -- embedding --------------------------------------------------------------------------------
     def embed(
         self,
@@ -342,15 +290,6 @@ class Embedder(SentenceTransformersAPI):
         return planned.combine(self.pool(planned.sequences, batch_tokens=batch_tokens),
                                dim=self.check_dim(dim) if dim is not None else self._dim,
                                normalize=self.normalize if normalize is None else normalize)
-
-    def prepare_tokens(self, inputs: Sequence[Sequence[int]]) -> list[list[int]]:
-        """Validated token-id inputs, each ending with exactly one pooling token."""
-        sequences = check_token_lists(inputs, self.n_vocab)
-        return [s if s[-1] == self._eos else s + [self._eos] for s in sequences]
-
-    def prepare_texts(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of ``texts`` (already formatted), each ending with the pooling token."""
-        return self._tokenize(check_texts(texts))
 
     def pool(self, sequences: list[list[int]], *, batch_tokens: int | None = None,
              max_seqs: int | None = None, show_progress: bool = False,
@@ -439,14 +378,14 @@ class Embedder(SentenceTransformersAPI):
         return pending.complete(fresh)  # cut ones too: the cache's settings name the policy
 
     def plan(self, sequences: list[list[int]], *, long_inputs: str | None = None,
-             rows: Sequence[Sequence[int]] | None = None) -> Plan:
+             rows: Sequence[Sequence[int]] | None = None) -> longinputs.Plan:
         """Prepared sequences with the long-input policy (default: the Embedder's) applied: what to
         decode (:meth:`pool`) and how to put it back together (:meth:`Plan.combine`); see
         :mod:`qembed_gguf.longinputs`. ``rows[k]``: the caller's inputs sequence ``k`` stands for
         (error messages name the first)."""
         policy = self.long_inputs if long_inputs is None else check_policy(
             long_inputs, self.chunk_overlap, max_tokens=self._max_tokens)[0]
-        return plan_long(sequences, limit=self._max_tokens, eos=self._eos, long_inputs=policy,
+        return longinputs.plan(sequences, limit=self._max_tokens, eos=self._eos, long_inputs=policy,
                          overlap=self.chunk_overlap, rows=rows)
 
     def fit(self, sequences: list[list[int]], *, truncate: bool | None = None,

@@ -2,8 +2,8 @@
 
 Inputs: ``.txt`` (one text per line), ``.jsonl`` (one JSON object per line with a text field and an
 optional ``id``), or standard input. Every problem names the line. The outputs (``.npy``, plus
-``<out>.ids.json`` when ids were given) are written by :mod:`qembed_gguf.jobs` through
-:mod:`qembed_gguf.atomic`.
+``<out>.ids.json`` when ids were given, or ``<out>.spans.jsonl`` in chunk mode) are written by
+:mod:`qembed_gguf.jobs` through :mod:`qembed_gguf.atomic`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .errors import InputError
 from .validate import lone_surrogate
 
 __all__ = ["INPUT_FORMATS", "NO_ID", "iter_txt", "iter_jsonl", "iter_records", "input_format", "open_input", "is_regular_file",
-           "ids_path"]
+           "ids_path", "spans_path"]
 
 
 def _decode(raw: bytes, lineno: int, source: str) -> str:
@@ -60,6 +60,12 @@ def iter_jsonl(lines: Iterable[bytes], *, field: str = "text", source: str = "<i
             raise InputError(f"{source}: line {lineno}: {field!r} holds a lone surrogate ({obj[field][bad]!r}, an "
                              f"escape such as \\ud800 without its pair) at character {bad}: not valid Unicode text")
         has_id = "id" in obj
+        if has_id:
+            try:  # the id is written to .ids.json / .spans.jsonl as UTF-8: it must be valid Unicode text
+                json.dumps(obj["id"], ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InputError(f"{source}: line {lineno}: the 'id' holds a lone surrogate (an escape such as "
+                                 f"\\ud800 without its pair) at character {exc.start} of its JSON text") from None
         if with_id is None:
             with_id = has_id
         elif has_id != with_id:
@@ -113,3 +119,8 @@ def open_input(path: str, stdin: IO[bytes] | None = None) -> Iterator[tuple[IO[b
 
 def ids_path(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".npy") + ".ids.json")
+
+
+def spans_path(out: Path) -> Path:
+    """``OUT.spans.jsonl`` next to ``OUT.npy``: one JSON object per row of a chunk job's output."""
+    return out.with_name(out.name.removesuffix(".npy") + ".spans.jsonl")

@@ -10,7 +10,11 @@ finished chunks and goes on; a changed input or setting is refused (``restart=Tr
 old work instead). Chunk boundaries, and so the decode batches, do not depend on where a run
 stopped, so a resumed job's output is bit-for-bit the uninterrupted one's. Finally the chunks are
 quantized (int8/uint8 buckets from all rows, as in one pass) and streamed into the ``.npy`` (and
-``.ids.json``), written atomically; then the job folder is removed.
+``.ids.json``), both written to temporary files and then renamed, the ``.npy`` last; then the job
+folder is removed.
+
+With ``JobSettings(chunk_tokens=N)`` the job writes one row per chunk of each text instead, and
+``OUT.spans.jsonl`` in place of ``.ids.json`` (:mod:`qembed_gguf.chunkjob`).
 """
 
 from __future__ import annotations
@@ -31,13 +35,14 @@ import numpy as np
 
 from .errors import InputError, OutputExistsError
 from .atomic import atomic_file, fsync_dir, temporary_path
-from .jobio import NO_ID, ids_path, input_format, is_regular_file, iter_records, open_input
+from .chunkjob import check_chunk_settings, copy_spans, embed_checkpoint, part_rows, probe, spans_part
+from .jobio import NO_ID, ids_path, input_format, is_regular_file, iter_records, open_input, spans_path
 
 __all__ = ["JobSettings", "JobResult", "run_embed_job", "job_dir"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the long-input policy (long_inputs, chunk_overlap) and chunk jobs
 DEFAULT_CHUNK = 2048
 
 
@@ -52,18 +57,21 @@ class JobSettings:
     dim: int | None = None
     precision: str = "float32"
     batch_tokens: int | None = None
-    chunk_size: int = DEFAULT_CHUNK
+    chunk_size: int = DEFAULT_CHUNK    # texts per checkpoint
+    chunk_tokens: int | None = None    # a chunk job: one row per chunk of at most this many tokens
+    overlap: int = 0                   # chunk job: tokens consecutive chunks of a text share
 
 
 @dataclasses.dataclass(frozen=True)
 class JobResult:
-    n_texts: int              # rows of the output
+    n_texts: int              # texts of the input (rows of the output, except in a chunk job)
     n_tokens: int             # tokens the model decoded in this run (resumed chunks, repeats and cache hits excluded)
     dim: int
     seconds: float            # embedding time of this run
     resumed_chunks: int       # chunks an interrupted run had already done
     output: Path
-    n_embedded: int = -1      # texts embedded by this run (n_texts minus the resumed chunks' rows)
+    n_embedded: int = -1      # texts embedded by this run (n_texts minus the resumed chunks' texts)
+    n_rows: int = -1          # rows of the output: n_texts, or in a chunk job the chunks
 
     @property
     def texts_per_second(self) -> float:
@@ -153,8 +161,9 @@ FAULT_ENV = "QEMBED_JOB_FAULT"
 
 def _fault_point(k: int, stage: str) -> None:
     """The tests' kill -9 at a chosen point: ``QEMBED_JOB_FAULT="K:STAGE"`` makes the process
-    SIGKILL itself at chunk K's ``before-vectors`` (ids written, vectors not) or ``after-vectors``
-    point, so a resumed run can be checked against every interruption point deterministically.
+    SIGKILL itself at chunk K's ``before-vectors`` (ids or spans written, vectors not) or
+    ``after-vectors`` point, so a resumed run can be checked against every interruption point
+    deterministically.
     Unset (always, outside the tests) it costs one dict lookup per chunk."""
     fault = os.environ.get(FAULT_ENV)
     if fault and fault == f"{k}:{stage}":
@@ -165,7 +174,13 @@ def _chunk_path(folder: Path, k: int) -> Path:
     return folder / f"chunk-{k:06d}.npy"
 
 
-def _chunk_ok(path: Path, rows: int, dim: int) -> bool:
+def _ids_part(folder: Path, k: int) -> Path:
+    return folder / f"chunk-{k:06d}.ids.json"
+
+
+def _chunk_ok(path: Path, rows: int | None, dim: int) -> bool:
+    if rows is None:  # a chunk job's checkpoint without its spans
+        return False
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError):
@@ -179,13 +194,17 @@ def run_embed_job(embedder, input_path: str, out: Path, settings: JobSettings, *
     """Embed every record of ``input_path`` into ``out`` (.npy), resuming an interrupted run.
 
     ``embedder`` is an open :class:`~qembed_gguf.Embedder` or a zero-argument callable returning
-    one (called only after the input was validated, so a bad line costs no model load).
+    one (called only after the input was validated, so a bad line costs no model load). With
+    ``settings.chunk_tokens`` the rows are the texts' chunks and ``OUT.spans.jsonl`` says which
+    (:mod:`qembed_gguf.chunkjob`); otherwise row i is input i, and ``OUT.ids.json`` holds the ids.
     """
     out = Path(out)
     if settings.chunk_size < 1:
         raise InputError(f"chunk_size must be positive, got {settings.chunk_size}")
-    if not force and (out.exists() or ids_path(out).exists()):
-        raise OutputExistsError(f"{out} (or its .ids.json) exists; pass --force to overwrite")
+    check_chunk_settings(settings.chunk_tokens, settings.overlap)
+    side = spans_path(out) if settings.chunk_tokens is not None else ids_path(out)
+    if not force and (out.exists() or side.exists()):
+        raise OutputExistsError(f"{out} (or {side.name}) exists; pass --force to overwrite")
     fmt = input_format(input_path, settings.fmt)
     with contextlib.ExitStack() as spool:
         opener, source = _open_input(input_path, stdin, spool, out)
@@ -197,6 +216,7 @@ def _run(embedder, opener: Callable[[], IO[bytes]], source: str, fmt: str, out: 
     from .postprocess import quantize_embeddings
 
     folder = job_dir(out)
+    chunked = settings.chunk_tokens is not None
     n, has_ids, sha, size = _scan(opener, fmt, settings.field, source)
     if settings.precision in ("int8", "uint8") and n < 2:
         raise InputError(f"precision {settings.precision} computes its buckets from the inputs: it needs at least "
@@ -214,12 +234,14 @@ def _run(embedder, opener: Callable[[], IO[bytes]], source: str, fmt: str, out: 
         e.embed([], dim=settings.dim, batch_tokens=settings.batch_tokens)
         if instruction is not None:
             e.format_query("", instruction)
+        if chunked:
+            probe(e, settings, instruction)
         manifest = {"version": MANIFEST_VERSION, "input": {"source": source, "sha256": sha, "bytes": size,
                                                            "records": n},
                     "model": _model_fingerprint(Path(e.path), seal),
                     "settings": {**dataclasses.asdict(settings), "fmt": fmt, "instruction": instruction,
-                                 "max_tokens": e.max_tokens,
-                                 "truncate": e.truncate, "normalize": e.normalize}}
+                                 "max_tokens": e.max_tokens, "long_inputs": e.long_inputs,
+                                 "chunk_overlap": e.chunk_overlap, "normalize": e.normalize}}
         if restart and folder.exists():
             shutil.rmtree(folder)
         resumed = 0
@@ -239,19 +261,26 @@ def _run(embedder, opener: Callable[[], IO[bytes]], source: str, fmt: str, out: 
                 rows = min(settings.chunk_size, n - k * settings.chunk_size)
                 chunk = [next(records) for _ in range(rows)]
                 path = _chunk_path(folder, k)
-                if _chunk_ok(path, rows, dim):
+                part = spans_part(folder, k) if chunked else _ids_part(folder, k)
+                if _chunk_ok(path, part_rows(part) if chunked else rows, dim):
                     resumed += 1
                 else:
                     texts = [t for _, t, _ in chunk]
-                    if instruction is not None:
-                        texts = e.format_queries(texts, instruction)
+                    ids = [i for _, _, i in chunk] if has_ids else None
                     decoded = e.stats.tokens_decoded  # the model's own count: no second tokenization
-                    vectors = e.embed(texts, dim=settings.dim, batch_tokens=settings.batch_tokens)
+                    if chunked:  # the rows of its chunks, and their spans
+                        vectors, side = embed_checkpoint(e, texts, ids, first=k * settings.chunk_size,
+                                                         settings=settings, instruction=instruction)
+                    else:
+                        if instruction is not None:
+                            texts = e.format_queries(texts, instruction)
+                        vectors = e.embed(texts, dim=settings.dim, batch_tokens=settings.batch_tokens)
+                        side = None if ids is None else json.dumps(ids, ensure_ascii=False).encode()
                     n_tokens += e.stats.tokens_decoded - decoded
                     n_embedded += rows
-                    if has_ids:
-                        with atomic_file(folder / f"chunk-{k:06d}.ids.json") as fid:
-                            fid.write(json.dumps([i for _, _, i in chunk], ensure_ascii=False).encode())
+                    if side is not None:
+                        with atomic_file(part) as fid:
+                            fid.write(side)
                     _fault_point(k, "before-vectors")
                     with atomic_file(path) as fout:  # the vectors last: their presence marks the chunk done
                         np.save(fout, vectors, allow_pickle=False)
@@ -266,6 +295,7 @@ def _run(embedder, opener: Callable[[], IO[bytes]], source: str, fmt: str, out: 
             e.close()
 
     chunks = [_chunk_path(folder, k) for k in range(n_chunks)]
+    n_rows = sum(np.load(c, mmap_mode="r").shape[0] for c in chunks) if chunked else n
     ranges = None
     if settings.precision in ("int8", "uint8"):
         lo = np.full(dim, np.inf, dtype=np.float32)
@@ -275,19 +305,23 @@ def _run(embedder, opener: Callable[[], IO[bytes]], source: str, fmt: str, out: 
             lo, hi = np.minimum(lo, a.min(axis=0)), np.maximum(hi, a.max(axis=0))
         ranges = np.vstack((lo, hi))
     sample = quantize_embeddings(np.zeros((2, dim), dtype=np.float32), settings.precision, ranges=ranges)
-    with atomic_file(out) as fout:
+    with contextlib.ExitStack() as outputs:  # both files whole before either is renamed; the .npy last
+        fout = outputs.enter_context(atomic_file(out))
         np.lib.format.write_array_header_1_0(fout, {"descr": np.lib.format.dtype_to_descr(sample.dtype),
-                                                    "fortran_order": False, "shape": (n, sample.shape[1])})
+                                                    "fortran_order": False, "shape": (n_rows, sample.shape[1])})
         for c in chunks:
             fout.write(np.ascontiguousarray(
                 quantize_embeddings(np.load(c), settings.precision, ranges=ranges)).tobytes())
-    if has_ids:
-        with atomic_file(ids_path(out)) as fid:
+        if chunked:
+            copy_spans([spans_part(folder, k) for k in range(n_chunks)],
+                       outputs.enter_context(atomic_file(spans_path(out))))
+        elif has_ids:
+            fid = outputs.enter_context(atomic_file(ids_path(out)))
             fid.write(b"[")
             for k in range(n_chunks):
-                part = (folder / f"chunk-{k:06d}.ids.json").read_bytes()[1:-1]
+                part = _ids_part(folder, k).read_bytes()[1:-1]
                 fid.write((b"," if k and part else b"") + part)
             fid.write(b"]")
     shutil.rmtree(folder, ignore_errors=True)
     fsync_dir(out.parent)
-    return JobResult(n, n_tokens, dim, seconds, resumed, out, n_embedded)
+    return JobResult(n, n_tokens, dim, seconds, resumed, out, n_embedded, n_rows)

@@ -109,7 +109,9 @@ def test_bad_texts_name_their_index(tiny):
 
 
 def test_nfc_offsets_map_back_to_the_text_as_given():
-    for text in [NFD, "plain ascii", "한국어" + unicodedata.normalize("NFD", "한국어"), "e\u0301\u0323x", ""]:
+    hostile = "a" + "\u0301\u0323" * 500 + "b c"  # a long run of combining marks: never cut inside, quickly
+    for text in [NFD, "plain ascii", "한국어" + unicodedata.normalize("NFD", "한국어"), "e\u0301\u0323x", "", hostile,
+                 "\u0915\u094d\u0937\u093f " * 3 + unicodedata.normalize("NFD", "é")]:
         nfc, back = nfc_with_offsets(text)
         assert nfc == unicodedata.normalize("NFC", text)
         assert back(0, False) == 0 and back(len(nfc), True) == len(text)

@@ -160,3 +160,21 @@ def test_an_atomic_file_that_fails_leaves_nothing(tmp_path):
             raise RuntimeError("interrupted")
     assert (tmp_path / "keep.npy").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.npy"]
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ([], {"long_inputs": "truncate"}),
+    (["--no-truncate"], {"long_inputs": "error"}),
+    (["--long-inputs", "error", "--no-truncate"], {"long_inputs": "error"}),
+    (["--long-inputs", "chunk", "--chunk-overlap", "16", "--max-tokens", "64"],
+     {"long_inputs": "chunk", "chunk_overlap": 16, "max_tokens": 64}),
+])
+def test_ray_gets_the_long_input_policy_through_its_embedder_kwargs(monkeypatch, tmp_path, args, kwargs):
+    import qembed_gguf.integrations.ray as ray_integration
+
+    seen = {}
+    monkeypatch.setattr(ray_integration, "embed_corpus", lambda *a, **options: seen.update(options))
+    result = CliRunner().invoke(main, ["embed", "m.gguf", "in.txt", "-o", str(tmp_path / "vectors"), "-q", *args,
+                                       "--ray"])
+    assert result.exit_code == 0, result.output
+    assert seen["embedder_kwargs"] == kwargs

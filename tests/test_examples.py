@@ -3,6 +3,7 @@ their building blocks in-process against the library."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -66,6 +67,32 @@ def assert_ranked(scores: list[float]) -> None:
 
 
 # -- semantic_search --------------------------------------------------------------------------------
+def file_text(path: Path) -> str:
+    """The file's text as the example's offsets index it: its bytes as UTF-8, line endings as they are."""
+    return path.read_bytes().decode("utf-8")
+
+
+def brute_force_hits(embedder, texts: dict[str, str], queries: list[str], *, chunk_tokens: int, overlap: int,
+                     dim: int, task: str | None, k: int, per_file: bool) -> list[list[tuple[str, int, int, float]]]:
+    """(file, start, end, score) of the best chunks (per_file: each file's best chunk, best files first),
+    from Embedder.embed_chunks vectors and a numpy matrix product over all of them."""
+    names = list(texts)
+    chunks = embedder.embed_chunks([texts[n] for n in names], chunk_tokens=chunk_tokens, overlap=overlap, dim=dim)
+    scores = embedder.embed_query(queries, task=task, dim=dim) @ np.stack([c.vector for c in chunks]).T
+    out = []
+    for row in scores:
+        if per_file:
+            best = {}
+            for j, c in enumerate(chunks):
+                if names[c.index] not in best or row[j] > row[best[names[c.index]]]:
+                    best[names[c.index]] = j
+            picked = sorted(best.values(), key=lambda j: -row[j])[:k]
+        else:
+            picked = np.argsort(-row)[:k].tolist()
+        out.append([(names[chunks[j].index], chunks[j].start, chunks[j].end, float(row[j])) for j in picked])
+    return out
+
+
 def test_semantic_search_cli(tmp_path, semantic_search):
     queries = ["How do volcanoes erupt?", "Wie speichert man Strom?", "绿茶"]
     args = ["--json", "-k", "4"] + [a for q in queries for a in ("-q", q)]
@@ -76,11 +103,24 @@ def test_semantic_search_cli(tmp_path, semantic_search):
     for r in results:
         assert len(r["hits"]) == 4
         assert_ranked([h["score"] for h in r["hits"]])
+        assert len({h["file"] for h in r["hits"]}) == 4  # by default a file appears once, as its best chunk
         for h in r["hits"]:
             path = Path(h["file"])
             assert path.is_file() and path.is_relative_to(DATA / "docs")
-            # the hit is that paragraph of that file
-            assert semantic_search.split_paragraphs(path.read_text(encoding="utf-8"))[h["paragraph"] - 1] == h["text"]
+            # the hit is that span of that file
+            assert file_text(path)[h["start"]:h["end"]] == h["text"] and h["text"].strip()
+            assert 2 <= h["n_tokens"] <= semantic_search.DEFAULT_CHUNK_TOKENS
+
+    # --every-chunk with small chunks: several chunks of one file may be listed, each its file's span
+    proc = run_example("semantic_search", "--json", "-k", "8", "--every-chunk", "--chunk-tokens", "40",
+                       "--overlap", "8", "-q", "volcanic ash", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [r] = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(r["hits"]) == 8 and len({h["file"] for h in r["hits"]}) < 8
+    assert_ranked([h["score"] for h in r["hits"]])
+    assert len({(h["file"], h["chunk"]) for h in r["hits"]}) == 8
+    for h in r["hits"]:
+        assert file_text(Path(h["file"]))[h["start"]:h["end"]] == h["text"] and 2 <= h["n_tokens"] <= 40
 
 
 def test_semantic_search_index_dir_is_saved_and_reused(tmp_path):
@@ -90,52 +130,95 @@ def test_semantic_search_index_dir_is_saved_and_reused(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "saved the index of" in first.stderr and (index_dir / "index.faiss").is_file()
     assert first.stdout.startswith("query: baking bread\n") and first.stdout.count("\n   ") == 2
+    # each line: rank, score, file, [start:end] span, snippet of that span
+    for line in first.stdout.splitlines()[1:3]:
+        _, _, name, span, *words = line.split()
+        start, end = map(int, span.strip("[]").split(":"))
+        flat = " ".join(file_text(DATA / "docs" / name)[start:end].split())
+        shown = " ".join(words)
+        assert flat == shown or (shown.endswith("...") and flat.startswith(shown[:-3].rstrip())), (flat, shown)
     second = run_example("semantic_search", *args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "loaded the index of" in second.stderr and "embedded" not in second.stderr
     assert second.stdout == first.stdout
+    # other chunk settings: the saved index is stale, rebuilt and saved again
+    third = run_example("semantic_search", *args, "--overlap", "0", cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert "stale (overlap changed)" in third.stderr and "embedded" in third.stderr
+    assert json.loads((index_dir / "meta.json").read_text(encoding="utf-8"))["overlap"] == 0
 
 
 def test_semantic_search_index_matches_library(tmp_path, embedder, semantic_search):
     docs = tmp_path / "docs"
     shutil.copytree(DATA / "docs", docs)
-    passages = semantic_search.load_passages(docs)
-    assert len(passages) == sum(len(semantic_search.split_paragraphs(p.read_text(encoding="utf-8")))
-                                for p in docs.glob("*.txt")) >= 12
-    index, got = semantic_search.open_index(embedder, docs, dim=64, index_dir=tmp_path / "index")
-    assert got == passages
-    vectors = embedder.embed_documents([p.text for p in passages], dim=64)
-    np.testing.assert_allclose(index.reconstruct_n(0, index.ntotal), vectors, atol=1e-6)
-    # a paragraph's own vector finds that paragraph first
-    _, ids = index.search(vectors, 1)
-    assert ids[:, 0].tolist() == list(range(len(passages)))
+    texts = {p.name: file_text(p) for p in sorted(docs.glob("*.txt"))}
+    settings = {"chunk_tokens": 48, "overlap": 8, "dim": 64}
+    index, passages = semantic_search.open_index(embedder, docs, **settings, index_dir=tmp_path / "index")
+    # the chunks are the library's chunks of each file, in order, covering it; a chunk's text is its span
+    chunks = embedder.embed_chunks(list(texts.values()), chunk_tokens=48, overlap=8, dim=64)
+    names = list(texts)
+    assert [(p.file, p.chunk, p.start, p.end, p.n_tokens) for p in passages] == \
+        [(names[c.index], c.chunk, c.start, c.end, c.n_tokens) for c in chunks]
+    assert len(passages) > 2 * len(texts)  # several chunks per file at 48 tokens
+    for name, text in texts.items():
+        mine = [p for p in passages if p.file == name]
+        assert mine[0].start == 0 and mine[-1].end == len(text)
+        assert all(p.text == text[p.start:p.end] for p in mine)
+    np.testing.assert_allclose(index.reconstruct_n(0, index.ntotal), np.stack([c.vector for c in chunks]), atol=1e-6)
 
-    # search(): the scores are the library's cosine between query and paragraph vectors
+    # search(): equal to a brute-force numpy ranking over the embed_chunks vectors, per file and per chunk
     queries = ["volcanic ash", "Tee kochen"]
-    hits = semantic_search.search(embedder, index, passages, queries, k=3, dim=64, task="find passages")
-    expected = embedder.embed_query(queries, task="find passages", dim=64) @ vectors.T
-    for row, query_hits in zip(expected, hits):
-        top = np.argsort(-row)[:3]
-        assert [h.passage for h in query_hits] == [passages[i] for i in top]
-        np.testing.assert_allclose([h.score for h in query_hits], row[top], atol=1e-5)
+    for per_file in (True, False):
+        hits = semantic_search.search(embedder, index, passages, queries, k=3, dim=64, task="find passages",
+                                      per_file=per_file)
+        expected = brute_force_hits(embedder, texts, queries, chunk_tokens=48, overlap=8, dim=64,
+                                    task="find passages", k=3, per_file=per_file)
+        for query_hits, want in zip(hits, expected):
+            assert [(h.passage.file, h.passage.start, h.passage.end) for h in query_hits] == [w[:3] for w in want]
+            np.testing.assert_allclose([h.score for h in query_hits], [w[3] for w in want], atol=1e-5)
+    # more files asked for than the first FAISS depth (2k chunks) holds: the search deepens until it has them
+    _, first_ids = index.search(embedder.embed_query(queries, task="find passages", dim=64), 2 * len(texts))
+    assert any(len({passages[i].file for i in row}) < len(texts) for row in first_ids)  # the case is exercised
+    hits = semantic_search.search(embedder, index, passages, queries, k=len(texts), dim=64, task="find passages")
+    expected = brute_force_hits(embedder, texts, queries, chunk_tokens=48, overlap=8, dim=64, task="find passages",
+                                k=len(texts), per_file=True)
+    assert [[(h.passage.file, h.passage.start) for h in q] for q in hits] == [[w[:2] for w in q] for q in expected]
 
-    # the saved index is reused while nothing changed, rebuilt when the files or the dim change
+    # the saved index is reused while nothing changed, rebuilt when the files, the dim or the chunk settings change
     index_dir = tmp_path / "index"
-    assert semantic_search.load_index(index_dir, model=embedder.path.name, dim=64,
-                                      corpus=semantic_search.corpus_fingerprint(docs)) is not None
-    assert semantic_search.load_index(index_dir, model=embedder.path.name, dim=128,
-                                      corpus=semantic_search.corpus_fingerprint(docs)) is None
+
+    def current(**changes):
+        values = {"model": embedder.path.name, **settings, **changes}
+        return semantic_search.index_settings(corpus=semantic_search.corpus_fingerprint(docs), **values)
+
+    assert semantic_search.load_index(index_dir, settings=current()) is not None
+    for change in ({"dim": 128}, {"chunk_tokens": 64}, {"overlap": 0}):
+        assert semantic_search.load_index(index_dir, settings=current(**change)) is None, change
     (docs / "tea.txt").write_text("A new paragraph.\n\nAnd another.\n", encoding="utf-8")
-    assert semantic_search.load_index(index_dir, model=embedder.path.name, dim=64,
-                                      corpus=semantic_search.corpus_fingerprint(docs)) is None
-    _, rebuilt = semantic_search.open_index(embedder, docs, dim=64, index_dir=index_dir)
-    assert [p.text for p in rebuilt if p.file == "tea.txt"] == ["A new paragraph.", "And another."]
+    assert semantic_search.load_index(index_dir, settings=current()) is None
+    _, rebuilt = semantic_search.open_index(embedder, docs, **settings, index_dir=index_dir)
+    assert [p.text for p in rebuilt if p.file == "tea.txt"] == ["A new paragraph.\n\nAnd another.\n"]
 
 
-def test_split_paragraphs(semantic_search):
-    text = "First line\nsame paragraph.\n\n  \n\nSecond.\r\n\r\nThird\n"
-    assert semantic_search.split_paragraphs(text) == ["First line same paragraph.", "Second.", "Third"]
-    assert semantic_search.split_paragraphs("\n\n") == []
+def test_semantic_search_offsets_are_the_files_own(tmp_path, embedder, semantic_search):
+    """CRLF line endings and non-NFC text keep their characters; blank files have no chunks."""
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    crlf = "".join(f"Line {i} of a Windows file, caf\u0065\u0301 au lait.\r\n" for i in range(30))
+    (folder / "sub" / "crlf.txt").write_bytes(crlf.encode("utf-8"))
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "blank.txt").write_bytes(b" \n\n\t\n")
+    passages, vectors = semantic_search.embed_folder(embedder, folder, chunk_tokens=32, overlap=4)
+    assert {p.file for p in passages} == {"sub/crlf.txt"} and len(passages) == len(vectors) > 3
+    assert all(p.text == crlf[p.start:p.end] for p in passages)
+    assert passages[0].start == 0 and passages[-1].end == len(crlf) and "\r\n" in passages[0].text
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_snippet(semantic_search):
+    assert semantic_search.snippet("  two\r\nlines \t here ") == "two lines here"
+    long = semantic_search.snippet("word " * 40, width=20)
+    assert len(long) == 20 and long.endswith("...")
 
 
 def test_semantic_search_errors(tmp_path):
@@ -143,6 +226,8 @@ def test_semantic_search_errors(tmp_path):
     assert proc.returncode == 1 and "no .txt files" in proc.stderr
     proc = run_example("semantic_search", "-q", "x", "--dim", "7", cwd=tmp_path)
     assert proc.returncode == 1 and "dim must be an integer in [32, 256]" in proc.stderr
+    proc = run_example("semantic_search", "-q", "x", "--chunk-tokens", "10", "--overlap", "9", cwd=tmp_path)
+    assert proc.returncode == 1 and "overlap=9 is more than" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -240,6 +325,30 @@ def _rank_of_graph(n: int, pairs: list[tuple[int, int]]) -> int:
 
 
 # -- cross_lingual ----------------------------------------------------------------------------------
+def long_docs(cross_lingual, per_doc: int = 3) -> list:
+    """Documents of several sample documents each (paragraphs of different topics and languages)."""
+    docs = cross_lingual.load_docs(DATA / "multilingual.jsonl")
+    return [cross_lingual.Doc(id=f"long-{n}", lang="mix", topic=docs[n].topic,
+                              text="\n\n".join(docs[(n + j) % len(docs)].text for j in range(per_doc)))
+            for n in range(len(docs))]
+
+
+def brute_force_ranking(embedder, docs, queries: list[str], *, task, dim, chunk_tokens, overlap):
+    """Per query: (doc index, best chunk start, end, score), best first, from Embedder.embed_chunks vectors:
+    a document scores as the maximum cosine over its chunks."""
+    chunks = embedder.embed_chunks([d.text for d in docs], chunk_tokens=chunk_tokens, overlap=overlap, dim=dim)
+    scores = embedder.embed_query(queries, task=task, dim=dim) @ np.stack([c.vector for c in chunks]).T
+    out = []
+    for row in scores:
+        best = {}
+        for j, c in enumerate(chunks):
+            if c.index not in best or row[j] > row[best[c.index]]:
+                best[c.index] = j
+        order = sorted(range(len(docs)), key=lambda i: (-row[best[i]], i))
+        out.append([(i, chunks[best[i]].start, chunks[best[i]].end, float(row[best[i]])) for i in order])
+    return out
+
+
 def test_cross_lingual_cli_ranks_for_every_query(tmp_path, cross_lingual):
     docs = cross_lingual.load_docs(DATA / "multilingual.jsonl")
     assert len({d.lang for d in docs}) >= 5 and "en" not in {d.lang for d in docs}
@@ -247,11 +356,15 @@ def test_cross_lingual_cli_ranks_for_every_query(tmp_path, cross_lingual):
     assert proc.returncode == 0, proc.stderr
     blocks = proc.stdout.strip().split("\n\n")
     assert len(blocks) == len(cross_lingual.DEFAULT_QUERIES) + 1
+    by_text = {" ".join(d.text.split()): d for d in docs}
     for (query, topic), block in zip(cross_lingual.DEFAULT_QUERIES, blocks):
         header, *rows = block.splitlines()
         assert header == f"query: {query}  [topic: {topic}]"
         assert len(rows) == 4
         assert_ranked([float(row.split()[1]) for row in rows])
+        for row in rows:  # a short document is one chunk: shown whole, no span
+            shown = row.split(maxsplit=3)[-1] if row.split()[2] != "*" else row.split(maxsplit=4)[-1]
+            assert shown in by_text or shown.endswith("..."), row
     assert blocks[-1].startswith("on-topic documents in the top 4: ")
 
     proc = run_example("cross_lingual", "--json", "-k", "15", "-q", "dumplings", "-q", "interest rates",
@@ -259,21 +372,60 @@ def test_cross_lingual_cli_ranks_for_every_query(tmp_path, cross_lingual):
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["query"] for r in results] == ["dumplings", "interest rates"]
+    texts = {d.id: d.text for d in docs}
     for r in results:
-        assert sorted(d["id"] for d in r["ranking"]) == sorted(d.id for d in docs)  # every document, once
+        assert sorted(d["id"] for d in r["ranking"]) == sorted(texts)  # every document, once
         assert_ranked([d["score"] for d in r["ranking"]])
+        # the sample's documents are shorter than a chunk: each is one chunk, all of it
+        assert all(d["chunks"] == 1 and (d["start"], d["end"]) == (0, len(texts[d["id"]])) and
+                   d["text"] == texts[d["id"]] for d in r["ranking"])
+
+
+def test_cross_lingual_cli_long_documents(tmp_path, cross_lingual):
+    docs = long_docs(cross_lingual)
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(dataclasses.asdict(d), ensure_ascii=False) + "\n" for d in docs),
+                    encoding="utf-8")
+    proc = run_example("cross_lingual", "--docs", str(path), "--json", "-k", "5", "--chunk-tokens", "32",
+                       "--overlap", "4", "-q", "black holes", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [r] = [json.loads(line) for line in proc.stdout.splitlines()]
+    texts = {d.id: d.text for d in docs}
+    assert len(r["ranking"]) == 5 and all(d["chunks"] > 1 for d in r["ranking"])
+    for d in r["ranking"]:  # the shown text is the best chunk: that span of the document
+        assert texts[d["id"]][d["start"]:d["end"]] == d["text"] and d["end"] - d["start"] < len(texts[d["id"]])
+    proc = run_example("cross_lingual", "--docs", str(path), "-k", "2", "--chunk-tokens", "32", "-q", "black holes",
+                       cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = proc.stdout.splitlines()[1:3]
+    assert all(row.split()[3].startswith("[") for row in rows), rows  # a long document's row names the span
 
 
 def test_cross_lingual_rank_matches_library(embedder, cross_lingual):
-    docs = cross_lingual.load_docs(DATA / "multilingual.jsonl")
     queries = [cross_lingual.Query(q) for q in ("dumplings", "black holes")]
+    # long documents: several chunks each; a document ranks by its best chunk
+    docs = long_docs(cross_lingual)
+    rankings = cross_lingual.rank(embedder, docs, queries, task="Find recipes", dim=32, chunk_tokens=24, overlap=4)
+    expected = brute_force_ranking(embedder, docs, [q.text for q in queries], task="Find recipes", dim=32,
+                                   chunk_tokens=24, overlap=4)
+    n_chunks = len(embedder.embed_chunks([d.text for d in docs], chunk_tokens=24, overlap=4))
+    assert n_chunks > 2 * len(docs)
+    for ranking, want in zip(rankings, expected):
+        assert [(m.doc, m.start, m.end) for m in ranking] == [(docs[i], s, e) for i, s, e, _ in want]
+        np.testing.assert_allclose([m.score for m in ranking], [w[3] for w in want], atol=1e-5)
+        assert all(m.text == m.doc.text[m.start:m.end] and m.chunks > 1 for m in ranking)
+
+    # short documents (the sample, at the default chunk size): one chunk each, scored as the whole text's vector
+    docs = cross_lingual.load_docs(DATA / "multilingual.jsonl")
     rankings = cross_lingual.rank(embedder, docs, queries, task="Find recipes", dim=32)
-    expected = embedder.embed_query([q.text for q in queries], task="Find recipes", dim=32) @ \
+    whole = embedder.embed_query([q.text for q in queries], task="Find recipes", dim=32) @ \
         embedder.embed_documents([d.text for d in docs], dim=32).T
-    for row, ranking in zip(expected, rankings):
-        order = np.argsort(-row, kind="stable")
-        assert [d for d, _ in ranking] == [docs[i] for i in order]
-        np.testing.assert_allclose([s for _, s in ranking], row[order], atol=1e-5)
+    for row, ranking in zip(whole, rankings):
+        assert sorted(m.doc.id for m in ranking) == sorted(d.id for d in docs)
+        assert all(m.chunks == 1 and (m.start, m.end) == (0, len(m.doc.text)) for m in ranking)
+        got = {m.doc.id: m.score for m in ranking}
+        np.testing.assert_allclose([got[d.id] for d in docs], row, atol=2e-3)  # batch composition aside, equal
+        assert_ranked([m.score for m in ranking])
 
 
 def test_cross_lingual_bad_documents(tmp_path):

@@ -183,6 +183,11 @@ def test_stdin_is_streamed_to_a_spool_file_that_is_removed(embedder, tmp_path):
     with pytest.raises(InputError, match=r"<stdin>: line 2: 'text' holds a lone surrogate .* at character 0"):
         run_embed_job(embedder, "-", tmp_path / "b.npy", JobSettings(fmt="jsonl"), stdin=bad)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npy"]
+    # an id is written to .ids.json / .spans.jsonl as UTF-8: a lone surrogate in it is refused in the first pass
+    bad_id = _Pipe(b'{"text": "ok", "id": 1}\n{"text": "fine", "id": {"k": ["x\\udc00"]}}\n')
+    with pytest.raises(InputError, match=r"<stdin>: line 2: the 'id' holds a lone surrogate"):
+        run_embed_job(embedder, "-", tmp_path / "c.npy", JobSettings(fmt="jsonl"), stdin=bad_id)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npy"]
 
 
 def test_a_resumed_job_counts_only_what_it_embedded(embedder, tmp_path):

@@ -8,6 +8,7 @@ import concurrent.futures
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from conftest import TEXTS
 from qembed_gguf import Embedder
-from qembed_gguf.errors import InputError
+from qembed_gguf.errors import InputError, OutputExistsError
 from qembed_gguf.jobs import FAULT_ENV, JobSettings, job_dir, run_embed_job
 
 
@@ -118,3 +119,58 @@ def test_many_threads_mixed_inputs_equal_single_threaded(converted):
         for got, want in zip(results, expected):
             assert got.shape == want.shape
             np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_the_manifest_records_the_long_input_policy(converted, tmp_path):
+    """long_inputs and chunk_overlap (not the older truncate flag) are settings of the job: a resume
+    with another policy is refused, and a job folder of the format before them is not resumed."""
+    model = converted("tiny", "q8_0")
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(_corpus(12)) + "\n")
+    out = tmp_path / "out.npy"
+
+    class Stop(Exception):
+        pass
+
+    def stop(_):
+        raise Stop
+
+    with Embedder(model, max_tokens=16, long_inputs="chunk", chunk_overlap=3) as e, pytest.raises(Stop):
+        run_embed_job(e, str(src), out, JobSettings(chunk_size=4), progress=stop)
+    manifest = json.loads((job_dir(out) / "manifest.json").read_text())
+    assert manifest["version"] == 2 and "truncate" not in manifest["settings"]
+    assert (manifest["settings"]["long_inputs"], manifest["settings"]["chunk_overlap"]) == ("chunk", 3)
+    assert (manifest["settings"]["chunk_tokens"], manifest["settings"]["overlap"]) == (None, 0)
+    for kwargs, what in [({}, "setting long_inputs ('chunk', now 'truncate')"),
+                         ({"long_inputs": "chunk", "chunk_overlap": 2}, "setting chunk_overlap (3, now 2)")]:
+        with Embedder(model, max_tokens=16, **kwargs) as e, pytest.raises(InputError, match=re.escape(what)):
+            run_embed_job(e, str(src), out, JobSettings(chunk_size=4))
+    manifest["version"] = 1
+    (job_dir(out) / "manifest.json").write_text(json.dumps(manifest))
+    with Embedder(model, max_tokens=16, long_inputs="chunk", chunk_overlap=3) as e:
+        with pytest.raises(InputError, match=re.escape("job format version (1, now 2)")):
+            run_embed_job(e, str(src), out, JobSettings(chunk_size=4))
+        result = run_embed_job(e, str(src), out, JobSettings(chunk_size=4), restart=True)
+        assert result.n_rows == result.n_texts == 12
+        assert np.array_equal(np.load(out), np.concatenate([e.embed(_corpus(12)[k:k + 4]) for k in (0, 4, 8)]))
+
+
+@pytest.mark.parametrize("settings, match", [
+    (JobSettings(chunk_tokens=1), "chunk_tokens must be an integer >= 2, got 1"),
+    (JobSettings(chunk_tokens=8, overlap=7), "overlap=7 is more than the most a chunk of 8 tokens"),
+    (JobSettings(overlap=2), "overlap=2 applies to chunk_tokens"),
+])
+def test_bad_chunk_settings_fail_before_the_input_is_read(tmp_path, settings, match):
+    loaded = []
+    with pytest.raises(InputError, match=re.escape(match)):
+        run_embed_job(lambda: loaded.append(1), str(tmp_path / "missing.txt"), tmp_path / "o.npy", settings)
+    assert loaded == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_chunk_job_refuses_an_existing_spans_file(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("a\n")
+    (tmp_path / "o.spans.jsonl").write_text("keep")
+    with pytest.raises(OutputExistsError, match=r"o\.spans\.jsonl\) exists; pass --force"):
+        run_embed_job(lambda: None, str(src), tmp_path / "o.npy", JobSettings(chunk_tokens=8))
+    assert (tmp_path / "o.spans.jsonl").read_text() == "keep"

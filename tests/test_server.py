@@ -275,16 +275,13 @@ class _GatedModel:
     """Stands in for an Embedder in the batcher: pooled row = [input length] * 4, and pool()
     blocks until ``gate`` is set, so the tests control when the worker is busy."""
 
-    dim, max_tokens = 4, 1000
+    dim, max_tokens, pooling_token_id = 4, 1000, 0
 
     def __init__(self):
         self.gate, self.entered, self.calls = threading.Event(), threading.Event(), []
 
     def prepare_texts(self, texts):
         return [[7] * len(t) + [0] for t in texts]
-
-    def fit(self, sequences, *, truncate, rows=None):
-        return sequences
 
     def pool(self, sequences, *, cancelled=None):
         self.calls.append(len(sequences))
@@ -294,7 +291,7 @@ class _GatedModel:
 
 
 def _job(*texts: str) -> Job:
-    return Job(texts=list(texts), tokens=None, decode=[True] * len(texts), truncate=False)
+    return Job(texts=list(texts), tokens=None, decode=[True] * len(texts), long_inputs="error")
 
 
 def test_batcher_admission_cancellation_and_shutdown():

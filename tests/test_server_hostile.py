@@ -262,18 +262,15 @@ def test_a_disconnected_client_stops_its_decodes(live_app):
 
 class _SteppingModel:
     """A stand-in Embedder whose pool() asks ``cancelled`` before each one-row "decode call", as
-    Embedder.pool does, and takes ``step`` seconds per call."""
+    Embedder.pool does, and takes ``step`` seconds per call; a row is [its length] * 4."""
 
-    dim, max_tokens = 4, 1000
+    dim, pooling_token_id = 4, 0
 
-    def __init__(self, step: float = 0.02):
-        self.step, self.decodes, self.entered = step, 0, threading.Event()
+    def __init__(self, step: float = 0.02, max_tokens: int = 1000):
+        self.step, self.decodes, self.entered, self.max_tokens = step, 0, threading.Event(), max_tokens
 
     def prepare_texts(self, texts):
         return [[7] * len(t) + [0] for t in texts]
-
-    def fit(self, sequences, *, truncate, rows=None):
-        return sequences
 
     def pool(self, sequences, *, cancelled=None):
         out = np.full((len(sequences), 4), np.nan, np.float32)
@@ -288,7 +285,7 @@ class _SteppingModel:
 
 
 def _job(*texts: str) -> Job:
-    return Job(texts=list(texts), tokens=None, decode=[True] * len(texts), truncate=False)
+    return Job(texts=list(texts), tokens=None, decode=[True] * len(texts), long_inputs="error")
 
 
 def test_batcher_skips_the_rest_of_a_cancelled_job():

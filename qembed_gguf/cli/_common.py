@@ -10,9 +10,11 @@ import sys
 import click
 
 from .. import __version__, backend
+from ..longinputs import LONG_INPUTS
 from ..errors import QembedError
 
-__all__ = ["main", "setup_logging", "library_errors", "device_options", "GPU_LAYERS", "GPU_HELP"]
+__all__ = ["main", "setup_logging", "library_errors", "device_options", "long_input_options", "GPU_LAYERS",
+           "GPU_HELP"]
 
 log = logging.getLogger("qembed_gguf")
 
@@ -68,6 +70,21 @@ def device_options(func):
             click.option("--vram", default=None, help="With --n-gpu-layers auto: the most VRAM to use, e.g. 3.5GB."))):
         func = option(func)
     return func
+
+
+def long_input_options(default: str, what: str):
+    """``--long-inputs`` (default ``default``) and ``--chunk-overlap``: what an input longer than
+    ``--max-tokens`` gets (:mod:`qembed_gguf.longinputs`); ``what`` says what "error" does."""
+    def decorate(func):
+        for option in reversed((
+                click.option("--long-inputs", type=click.Choice(LONG_INPUTS), default=default, show_default=True,
+                             help=f"An input longer than --max-tokens: cut (truncate), {what} (error), or embedded "
+                                  "in windows of --max-tokens whose vectors are averaged (chunk)."),
+                click.option("--chunk-overlap", type=click.IntRange(min=0), default=0, show_default=True,
+                             help="--long-inputs chunk: tokens consecutive windows share."))):
+            func = option(func)
+        return func
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import click
 
-from ..jobio import INPUT_FORMATS
+from ..jobio import INPUT_FORMATS, spans_path
 from ..postprocess import PRECISIONS
-from ._common import device_options, library_errors, main, setup_logging
+from ._common import device_options, library_errors, long_input_options, main, setup_logging
 
 
 @main.command()
 @click.argument("model")
 @click.argument("input_path", metavar="INPUT")
 @click.option("--output", "-o", "output", required=True, type=click.Path(),
-              help="Output .npy file (row i = input i); ids go to OUT.ids.json. With --ray: a folder of Parquet shards.")
+              help="Output .npy file (row i = input i); ids go to OUT.ids.json. With --chunk-tokens: row i = "
+              "chunk i, its text's id and span in line i of OUT.spans.jsonl. With --ray: a folder of Parquet shards.")
 @click.option("--format", "fmt", type=click.Choice([*INPUT_FORMATS, "parquet"]), default="auto",
               show_default=True, help="Input format; auto: .jsonl/.ndjson are JSON lines, anything else one text per "
               "line (with --ray: .parquet files and folders are Parquet).")
@@ -23,7 +24,14 @@ from ._common import device_options, library_errors, main, setup_logging
 @click.option("--task", default=None, help="Task instruction for --query (default: the model's).")
 @click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Token budget for packing short inputs into one decode call (default: n_ubatch, 512).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Longest input in tokens.")
-@click.option("--no-truncate", is_flag=True, help="Fail on inputs longer than --max-tokens instead of truncating.")
+@long_input_options(default="truncate", what="fail")
+@click.option("--no-truncate", is_flag=True, help="The same as --long-inputs error.")
+@click.option("--chunk-tokens", type=click.IntRange(min=2), default=None,
+              help="One output row per chunk of each text: chunks of at most this many tokens (the pooling token "
+              "included; at most --max-tokens), cut at paragraph and sentence breaks where it can; their spans go "
+              "to OUT.spans.jsonl.")
+@click.option("--overlap", type=click.IntRange(min=0), default=None,
+              help="--chunk-tokens: tokens consecutive chunks of a text share [default: 0].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="float32",
               show_default=True)
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
@@ -49,14 +57,18 @@ from ._common import device_options, library_errors, main, setup_logging
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.pass_context
 @library_errors
-def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_tokens, max_tokens, no_truncate,
-          precision, force, restart, chunk_size, threads, n_gpu_layers, vram, ray_address, concurrency,
-          cpus_per_worker, gpus_per_worker, batch_size, quiet):
+def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_tokens, max_tokens, long_inputs,
+          chunk_overlap, no_truncate, chunk_tokens, overlap, precision, force, restart, chunk_size, threads,
+          n_gpu_layers, vram, ray_address, concurrency, cpus_per_worker, gpus_per_worker, batch_size, quiet):
     """Embed the texts of INPUT (.txt, .jsonl, or - for stdin) with MODEL into a .npy file.
 
     Large inputs are streamed and checkpointed every --chunk-size texts: if the job is killed,
     running the same command again resumes it (the input's hash is checked) and the output is
     identical to an uninterrupted run's.
+
+    With --chunk-tokens each text is split into chunks, one row each; OUT.spans.jsonl has one
+    line per row: {"id" (if the input has ids), "index" (of the text in INPUT), "chunk",
+    "start", "end" (text[start:end] is the chunk), "n_tokens"}. No .ids.json is written then.
 
     With --ray the same job runs on a Ray cluster, one model per worker, and writes Parquet
     shards (columns row and/or id, embedding) into the folder -o; INPUT may also be Parquet.
@@ -65,6 +77,8 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
     Examples:
       qembed-gguf embed tiny docs.txt -o docs.npy
       qembed-gguf embed model.gguf corpus.jsonl -o corpus.npy --dim 256 --precision int8
+      qembed-gguf embed model.gguf books.jsonl -o books.npy --long-inputs chunk --chunk-overlap 64
+      qembed-gguf embed model.gguf kb.jsonl -o kb.npy --chunk-tokens 512 --overlap 64
       cat queries.txt | qembed-gguf embed model.gguf - -o q.npy --query
       qembed-gguf embed /shared/model.gguf /shared/corpus/ -o /shared/vectors/ --ray auto --cpus-per-worker 4
     """
@@ -82,6 +96,9 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
+    long_inputs, chunk_overlap, overlap = _check_long_inputs(
+        given, long_inputs=long_inputs, chunk_overlap=chunk_overlap, no_truncate=no_truncate, max_tokens=max_tokens,
+        chunk_tokens=chunk_tokens, overlap=overlap, ray=ray_address is not None)
     if ray_address is not None:
         if precision != "float32" or restart or given("chunk_size"):
             raise click.UsageError("--precision, --restart and --chunk-size apply to the local job, not to --ray")
@@ -89,9 +106,11 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
                       quiet=quiet, dim=dim, query=query, task=task, concurrency=concurrency,
                       num_cpus_per_worker=cpus_per_worker, num_gpus_per_worker=gpus_per_worker, batch_size=batch_size,
                       n_threads=threads, batch_tokens=batch_tokens,
-                      embedder_kwargs={k: v for k, v in {"max_tokens": max_tokens, "truncate": not no_truncate,
-                                                         "n_gpu_layers": n_gpu_layers if given("n_gpu_layers")
-                                                         else None, "vram_budget": vram}.items() if v is not None})
+                      embedder_kwargs={k: v for k, v in {
+                          "max_tokens": max_tokens, "long_inputs": long_inputs,
+                          "chunk_overlap": chunk_overlap if long_inputs == "chunk" else None,
+                          "n_gpu_layers": n_gpu_layers if given("n_gpu_layers") else None,
+                          "vram_budget": vram}.items() if v is not None})
         return
     ray_only = [f"--{name.replace('_', '-')}" for name in ("concurrency", "cpus_per_worker", "gpus_per_worker",
                                                              "batch_size") if given(name)]
@@ -105,10 +124,10 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
 
     def load() -> Embedder:  # only once the input has been validated
         return Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, vram_budget=vram,
-                        max_tokens=max_tokens, truncate=not no_truncate)
+                        max_tokens=max_tokens, long_inputs=long_inputs, chunk_overlap=chunk_overlap)
 
     settings = JobSettings(fmt=fmt, field=field, query=query, task=task, dim=dim, precision=precision,
-                           batch_tokens=batch_tokens, chunk_size=chunk_size)
+                           batch_tokens=batch_tokens, chunk_size=chunk_size, chunk_tokens=chunk_tokens, overlap=overlap)
     bar = None
     if not quiet:
         from tqdm.auto import tqdm
@@ -123,10 +142,48 @@ def embed(ctx, model, input_path, output, fmt, field, dim, query, task, batch_to
         # rates count only what this run embedded: a resumed job's earlier chunks took no time now
         resumed = (f" ({result.n_texts - result.n_embedded} of them done by an interrupted run: "
                    f"{result.resumed_chunks} chunk(s) resumed)" if result.resumed_chunks else "")
-        click.echo(f"{result.n_texts} texts → {out} ({result.dim} dims, {precision}){resumed}; embedded "
+        rows = f"{result.n_texts} texts → {out}" if chunk_tokens is None else \
+            f"{result.n_texts} texts in {result.n_rows} chunks → {out} and {spans_path(out).name}"
+        click.echo(f"{rows} ({result.dim} dims, {precision}){resumed}; embedded "
                    f"{result.n_embedded} texts, {result.n_tokens} tokens in {result.seconds:.2f} s: "
                    f"{result.texts_per_second:.1f} docs/s, "
                    f"{result.n_tokens / result.seconds if result.seconds > 0 else 0:.0f} tokens/s", err=True)
+
+
+def _check_long_inputs(given, *, long_inputs: str, chunk_overlap: int, no_truncate: bool, max_tokens: int | None,
+                       chunk_tokens: int | None, overlap: int | None, ray: bool) -> tuple[str, int, int]:
+    """The long-input and chunk options, checked against each other before anything is read:
+    ``(long_inputs, chunk_overlap, overlap)``; a contradiction is a :class:`click.UsageError`.
+    (That --chunk-tokens is at most the model's default --max-tokens is checked once it is loaded.)"""
+    if chunk_tokens is not None:
+        if ray:
+            raise click.UsageError("--chunk-tokens is not supported with --ray")
+        clashing = [f"--{name.replace('_', '-')}" for name in ("long_inputs", "chunk_overlap", "no_truncate")
+                    if given(name)]
+        if clashing:
+            raise click.UsageError(f"{' and '.join(clashing)} {'does' if len(clashing) == 1 else 'do'} not apply "
+                                   f"with --chunk-tokens: every chunk fits in --max-tokens (chunks share --overlap "
+                                   f"tokens)")
+        if max_tokens is not None and chunk_tokens > max_tokens:
+            raise click.UsageError(f"--chunk-tokens {chunk_tokens} is more than --max-tokens {max_tokens}")
+        overlap = overlap or 0
+        if overlap > chunk_tokens - 2:
+            raise click.UsageError(f"--overlap must be at most --chunk-tokens - 2 = {chunk_tokens - 2}: a chunk holds "
+                                   f"{chunk_tokens - 1} tokens of the text (and the pooling token) and must move on "
+                                   f"by at least one")
+        return long_inputs, chunk_overlap, overlap
+    if overlap is not None:
+        raise click.UsageError("--overlap applies to --chunk-tokens")
+    if no_truncate:
+        if given("long_inputs") and long_inputs != "error":
+            raise click.UsageError(f"--no-truncate is --long-inputs error; it contradicts --long-inputs {long_inputs}")
+        long_inputs = "error"
+    if given("chunk_overlap") and long_inputs != "chunk":
+        raise click.UsageError("--chunk-overlap applies to --long-inputs chunk")
+    if long_inputs == "chunk" and max_tokens is not None and chunk_overlap > max_tokens - 2:
+        raise click.UsageError(f"--chunk-overlap must be at most --max-tokens - 2 = {max(max_tokens - 2, 0)}: a "
+                               f"window holds {max_tokens - 1} tokens of the text and must move on by at least one")
+    return long_inputs, chunk_overlap, 0
 
 
 def _embed_on_ray(model: str, input_path: str, output: str, *, quiet: bool, **options) -> None:

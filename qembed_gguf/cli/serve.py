@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import click
+import logging
 
-from ._common import device_options, library_errors, main, setup_logging
+import click
+from click.core import ParameterSource
+
+from ._common import device_options, library_errors, long_input_options, main, setup_logging
+
+log = logging.getLogger(__name__)
 
 
 @main.command()
@@ -18,7 +23,8 @@ from ._common import device_options, library_errors, main, setup_logging
 @click.option("--cache", "cache_spec", default=None, envvar="QEMBED_SERVE_CACHE",
               help="Vector cache: sqlite:///path.db, a .db path, redis://host:6379/0, or memory.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Longest input in tokens.")
-@click.option("--truncate", is_flag=True, help="Cut over-long inputs by default instead of answering 400.")
+@long_input_options(default="error", what="answer 400")
+@click.option("--truncate", is_flag=True, hidden=True, help="Deprecated: --long-inputs truncate.")
 @click.option("--max-inputs", type=click.IntRange(min=1), default=2048, show_default=True, help="Inputs per request.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=16.0, show_default=True,
               help="Largest request body, MiB.")
@@ -43,9 +49,9 @@ from ._common import device_options, library_errors, main, setup_logging
 @device_options
 @click.pass_context
 @library_errors
-def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, truncate, max_inputs, max_body_mb,
-          max_queue, max_request_tokens, batch_wait_ms, allowed_hosts, cors_origins, read_timeout, shutdown_timeout,
-          flash_attn, threads, n_gpu_layers, vram):
+def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, long_inputs, chunk_overlap, truncate,
+          max_inputs, max_body_mb, max_queue, max_request_tokens, batch_wait_ms, allowed_hosts, cors_origins,
+          read_timeout, shutdown_timeout, flash_attn, threads, n_gpu_layers, vram):
     """Serve MODEL as an OpenAI-compatible embeddings API (/v1/embeddings, /v1/models, /health).
 
     \b
@@ -53,6 +59,9 @@ def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, 
       qembed-gguf serve Qwen3-Embedding-0.6B-Q8_0.gguf --port 8000
       curl localhost:8000/v1/embeddings -H 'content-type: application/json' \\
            -d '{"model": "Qwen3-Embedding-0.6B-Q8_0", "input": ["hello"], "dimensions": 256}'
+
+    --long-inputs is the default of the request field "long_inputs", which a request may change;
+    --chunk-overlap applies to every request that chunks.
     """
     from pathlib import Path
 
@@ -63,9 +72,16 @@ def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, 
     from ..embedder import Embedder
 
     setup_logging(ctx.obj["verbose"], quiet=False)
+    if truncate:
+        if ctx.get_parameter_source("long_inputs") is not ParameterSource.DEFAULT and long_inputs != "truncate":
+            raise click.UsageError(f"--truncate (the older spelling of --long-inputs truncate) contradicts "
+                                   f"--long-inputs {long_inputs}")
+        log.warning("--truncate is deprecated: use --long-inputs truncate")
+        long_inputs = "truncate"
     names = tuple(model_names) or (Path(model).stem if model.endswith(".gguf") else model,)
     try:  # the configuration is checked before the model loads
-        config = ServerConfig(model_names=names, api_key=api_key or None, truncate=truncate,
+        config = ServerConfig(model_names=names, api_key=api_key or None, long_inputs=long_inputs,
+                              chunk_overlap=chunk_overlap,
                               limits=Limits(max_inputs=max_inputs, max_body_bytes=int(max_body_mb * (1 << 20)),
                                             max_request_tokens=max_request_tokens),
                               max_wait_ms=batch_wait_ms, max_queue_inputs=max_queue, allowed_hosts=allowed_hosts,
@@ -73,8 +89,12 @@ def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, 
                               shutdown_timeout_s=shutdown_timeout)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    # the Embedder's policy names the cache's key: requests under it may cache vectors of over-long
+    # inputs. "error" caches none, so an "error" server's Embedder truncates, as before (the keys of
+    # existing caches unchanged, and requests that send "truncate" are cached)
     embedder = Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, vram_budget=vram,
-                        max_tokens=max_tokens, flash_attn=flash_attn, cache=cache_spec)
+                        max_tokens=max_tokens, flash_attn=flash_attn, cache=cache_spec,
+                        long_inputs="chunk" if long_inputs == "chunk" else "truncate", chunk_overlap=chunk_overlap)
     try:
         run(embedder, config, host=host, port=port, log_level="debug" if ctx.obj["verbose"] > 1 else "info")
     except ServerStartError as e:

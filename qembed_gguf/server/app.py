@@ -33,11 +33,11 @@ from starlette.routing import Route
 
 from ..embedder import Embedder
 from ..errors import InputError, InputTooLongError, InvalidTextError
+from ..longinputs import check_policy
 from ..lookup import Pending
-from ..postprocess import l2_normalize, truncate_dim
 from .batcher import Job, JobCancelled, MicroBatcher, QueueFull, ShuttingDown, TooManyTokens
-from .protocol import (ECHO_CHARS, APIError, Limits, embeddings_body, error_body, is_json_media_type, models_body,
-                       parse_detokenize_request, parse_embedding_request, parse_tokenize_request, shown,
+from .protocol import (ECHO_CHARS, APIError, embeddings_body, error_body, input_too_long, is_json_media_type,
+                       models_body, parse_detokenize_request, parse_embedding_request, parse_tokenize_request, shown,
                        too_many_tokens)
 from .config import ServerConfig
 from .security import HostGuard, allowed_hosts
@@ -137,13 +137,19 @@ class EmbeddingService:
     """Request handling on top of one Embedder and its :class:`MicroBatcher`."""
 
     def __init__(self, embedder: Embedder, config: ServerConfig):
+        try:
+            check_policy(config.long_inputs, config.chunk_overlap, max_tokens=embedder.max_tokens)
+        except InputError as e:
+            raise InputError(f"ServerConfig(long_inputs={config.long_inputs!r}, chunk_overlap={config.chunk_overlap}) "
+                             f"does not suit this model's max_tokens={embedder.max_tokens}: {e}") from None
         self.embedder = embedder
         self.config = config
         self.limits = dataclasses.replace(config.limits, max_input_tokens=embedder.max_tokens)
         self.batcher = MicroBatcher(embedder, max_wait_s=config.max_wait_ms / 1000,
                                     max_batch_inputs=config.max_batch_inputs,
                                     max_queue_inputs=config.max_queue_inputs,
-                                    max_request_tokens=self.limits.max_request_tokens)
+                                    max_request_tokens=self.limits.max_request_tokens,
+                                    chunk_overlap=config.chunk_overlap)
         self.created = int(time.time())
         self.requests = 0
         self._aborted = asyncio.Event()  # set (on the event loop) when the shutdown's grace period ends
@@ -171,7 +177,15 @@ class EmbeddingService:
         return parse_embedding_request(body, served=self.config.model_names, full_dim=e.dim, min_dim=e.mrl_min_dim,
                                        default_task=e.facts.default_task, n_vocab=e.n_vocab,
                                        eos_id=e.pooling_token_id, limits=self.limits,
-                                       truncate_default=self.config.truncate)
+                                       long_inputs_default=self.config.long_inputs,
+                                       chunk_overlap=self.config.chunk_overlap)
+
+    def _embedders_policy(self, long_inputs: str) -> bool:
+        """Whether ``long_inputs`` (with the server's overlap) gives what the Embedder's own policy
+        gives, which its cache's key names: then vectors of over-long inputs may be cached and
+        answered from the cache."""
+        e = self.embedder
+        return long_inputs == e.long_inputs and (long_inputs != "chunk" or self.config.chunk_overlap == e.chunk_overlap)
 
     async def _body(self, request: Request) -> bytes:
         """The request body, read within ``read_timeout_s`` (408) and before the shutdown's grace
@@ -237,9 +251,11 @@ class EmbeddingService:
                 req = await asyncio.to_thread(self._parse, body) if len(body) > PARSE_OFF_LOOP_BYTES \
                     else self._parse(body)
                 pending = await self._look_up(req)
+                same_policy = self._embedders_policy(req.long_inputs)
                 job = Job(texts=pending.texts if req.texts is not None else None,
                           tokens=[list(t) for t in pending.texts] if req.tokens is not None else None,
-                          decode=[v is None for v in pending.found], truncate=req.truncate, rows=pending.rows)
+                          decode=[v is None for v in pending.found], long_inputs=req.long_inputs, rows=pending.rows,
+                          cut_hits_valid=same_policy)
                 self.batcher.submit(job)
             except APIError as err:
                 return _error(err)
@@ -256,9 +272,7 @@ class EmbeddingService:
         except TooManyTokens as err:
             return _error(too_many_tokens(err.n_tokens, err.limit))
         except InputTooLongError as err:
-            return _error(APIError(400, f"input[{err.index}] has {err.n_tokens} tokens, more than this server's limit "
-                                        f"of {err.max_tokens} (pooling token included); shorten it or send "
-                                        f"\"truncate\": true", param=f"input[{err.index}]", code="input_too_long"))
+            return _error(input_too_long(err.index, err.n_tokens, err.max_tokens))
         except InvalidTextError as err:  # the protocol checks first; kept for texts it may not see
             param = f"input[{pending.rows[err.index][0]}]" if err.index is not None else "input"
             return _error(APIError(400, str(err), param=param))
@@ -268,10 +282,17 @@ class EmbeddingService:
                 return _error(unavailable)
             return _error(APIError(400, str(err), param="input"))
         self.requests += 1
-        fresh = l2_normalize(truncate_dim(result.pooled, req.dim))
-        # a vector of a cut input is cached only where the cache's settings say inputs are cut
-        # (truncate=True): an Embedder(truncate=False) sharing the cache must still refuse that text
-        cacheable = [self.embedder.truncate or not result.truncated[k] for k in pending.missing]
+        redone = [k for k, d in enumerate(result.decoded) if d and pending.found[k] is not None]
+        if redone:  # cached over-long inputs, under another policy than this request's: decoded anyway
+            n = sum(len(pending.rows[k]) for k in redone)
+            self.embedder.stats.add(cache_hits=-n, cache_misses=n)
+            for k in redone:
+                pending.found[k] = None
+        fresh = result.plan.combine(result.pooled, dim=req.dim, normalize=True)
+        # a vector of an over-long input is cached only if the Embedder's own policy, which the
+        # cache's key names, gives it too: an Embedder(long_inputs="error") sharing the cache must
+        # still refuse that text, and one that truncates must not be answered a chunked vector
+        cacheable = [same_policy or not result.cut[k] for k in pending.missing]
         store = pending.cache is not None and pending.missing
         vectors = await asyncio.to_thread(pending.complete, fresh, cacheable=cacheable) if store \
             else pending.complete(fresh)

@@ -3,7 +3,9 @@
 One worker thread owns all model work. Requests are queued as :class:`Job` s; each cycle the
 worker takes every queued job (up to ``max_batch_inputs`` inputs), tokenizes them, and runs all
 their inputs through :meth:`Embedder.pool`, which packs them into ``n_ubatch``-token decode
-calls. Sixteen one-line requests thus cost about one decode instead of sixteen.
+calls. Sixteen one-line requests thus cost about one decode instead of sixteen. Each job's inputs
+are planned with its request's long-input policy first (:func:`qembed_gguf.longinputs.plan`): a
+chunked input decodes as several rows (its windows), which the app combines into one vector.
 
 The worker waits for more jobs (at most ``max_wait_s``) only while requests are still being
 received (:meth:`MicroBatcher.arriving`), so a lone client never pays the window.
@@ -11,14 +13,14 @@ received (:meth:`MicroBatcher.arriving`), so a lone client never pays the window
 Admission is bounded: :meth:`MicroBatcher.submit` refuses a job when the inputs already waiting
 plus its own exceed ``max_queue_inputs`` (:class:`QueueFull`, answered 429) and after
 :meth:`MicroBatcher.shutdown` (:class:`ShuttingDown`, answered 503). A job whose inputs hold more
-than ``max_request_tokens`` tokens together fails with :class:`TooManyTokens` once tokenized,
-before any decode call.
+than ``max_request_tokens`` tokens together, as decoded (every window of a chunked input, every
+repeat), fails with :class:`TooManyTokens` once tokenized, before any window is built or decoded.
 
 Work stops when nobody wants it: a job marked :attr:`Job.cancelled` (its client disconnected) is
 dropped if still queued, and its remaining decode calls are skipped if it is being computed
-(``Embedder.pool(cancelled=...)``); it fails with :class:`JobCancelled`. A shutdown lets accepted
-jobs finish for a grace period, then cancels the rest (:class:`ShuttingDown`); the worker stops
-after the decode call it is in.
+(``Embedder.pool(cancelled=...)``, asked about every row: all of a job's windows are its rows); it
+fails with :class:`JobCancelled`. A shutdown lets accepted jobs finish for a grace period, then
+cancels the rest (:class:`ShuttingDown`); the worker stops after the decode call it is in.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import numpy as np
 
 from ..embedder import Embedder
 from ..errors import InputError, QembedError
+from ..longinputs import Plan, plan as plan_long
+from .protocol import tokens_as_decoded
 
 __all__ = ["Job", "JobResult", "MicroBatcher", "QueueFull", "ShuttingDown", "JobCancelled", "TooManyTokens"]
 
@@ -64,22 +68,33 @@ class TooManyTokens(InputError):
 
 @dataclasses.dataclass
 class JobResult:
-    pooled: np.ndarray        # raw pooled vectors (full dim) of the inputs marked for decode, in order
-    n_tokens: list[int]       # tokens of every input of the job (after truncation, pooling token included)
-    truncated: list[bool]     # per input of the job: it was cut
+    """What the app needs to answer a job: the plan of the inputs that were decoded and their
+    pooled rows (``plan.combine(pooled, ...)`` gives one vector per such input, in order), and, for
+    every input of the job, its tokens as decoded and whether it was longer than ``max_tokens``."""
+
+    plan: Plan                # Plan.select of the decoded inputs
+    pooled: np.ndarray        # raw pooled rows (full dim) of plan.sequences, in order
+    n_tokens: list[int]       # per input of the job: tokens as decoded (all windows, pooling tokens included)
+    cut: list[bool]           # per input of the job: longer than max_tokens (truncated or chunked)
+    decoded: list[bool]       # per input of the job: computed by the model (see Job.cut_hits_valid)
 
 
 @dataclasses.dataclass
 class Job:
     """Inputs of one request: model-ready texts (instruction applied) or token-id lists, each
     distinct; ``rows[k]`` are the request's input indices that input ``k`` stands for (errors and
-    the token limit count them; None: input ``k`` is request input ``k``)."""
+    the token limit count them; None: input ``k`` is request input ``k``).
+
+    ``decode[k]`` False: the cache answered input ``k`` (its tokens are still counted). A cached
+    vector of an input longer than ``max_tokens`` is the Embedder's policy's: where that is not
+    this request's (``cut_hits_valid`` False), such an input is decoded anyway."""
 
     texts: list[str] | None
     tokens: list[list[int]] | None
     decode: list[bool]        # per input: needs the model (False: answered by the cache, count tokens only)
-    truncate: bool
+    long_inputs: str          # the request's policy, one of longinputs.LONG_INPUTS
     rows: list[list[int]] | None = None
+    cut_hits_valid: bool = True
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
     cancelled: bool = False   # set (from any thread) when nobody waits for the result any more
 
@@ -94,8 +109,9 @@ class MicroBatcher:
     """Runs jobs through an Embedder from one worker thread, batching concurrent jobs together."""
 
     def __init__(self, embedder: Embedder, *, max_wait_s: float = 0.005, max_batch_inputs: int = 512,
-                 max_queue_inputs: int = 8192, max_request_tokens: int | None = None):
+                 max_queue_inputs: int = 8192, max_request_tokens: int | None = None, chunk_overlap: int = 0):
         self.embedder = embedder
+        self.chunk_overlap = chunk_overlap  # windows' overlap under "chunk", the server's
         self.max_wait_s = max_wait_s
         self.max_batch_inputs = max_batch_inputs
         self.max_queue_inputs = max_queue_inputs
@@ -267,18 +283,27 @@ class MicroBatcher:
             if stop:  # every job queued before the marker has been processed
                 return
 
-    def _prepare(self, job: Job) -> tuple[list[list[int]], list[bool]]:
-        """Token sequences of a job with the request's truncation rule applied (the Embedder's
-        ``fit``: raises :class:`InputTooLongError` naming the request's input), and which were cut."""
+    def _prepare(self, job: Job) -> tuple[Plan, list[bool]]:
+        """The plan of a job's inputs under its request's policy (``"error"`` raises
+        :class:`InputTooLongError` naming the request's input) and which inputs to decode."""
         e = self.embedder
         seqs = e.prepare_texts(job.texts) if job.texts is not None else e.prepare_tokens(job.tokens)
-        truncated = [len(s) > e.max_tokens for s in seqs]
-        seqs = e.fit(seqs, truncate=job.truncate, rows=job.rows)
+
+        def planned() -> Plan:
+            return plan_long(seqs, limit=e.max_tokens, eos=e.pooling_token_id, long_inputs=job.long_inputs,
+                             overlap=self.chunk_overlap, rows=job.rows)
+
+        plan = planned() if job.long_inputs != "chunk" else None  # cheap; "error" refuses here
         if self.max_request_tokens is not None:  # every input of the request counts, repeats too
-            total = sum(len(s) * (len(job.rows[k]) if job.rows is not None else 1) for k, s in enumerate(seqs))
+            counts = plan.n_tokens if plan is not None else [
+                tokens_as_decoded(len(s), max_tokens=e.max_tokens, long_inputs="chunk", overlap=self.chunk_overlap)
+                for s in seqs]  # counted before a window is built: an overlap near max_tokens multiplies them
+            total = sum(n * (len(job.rows[k]) if job.rows is not None else 1) for k, n in enumerate(counts))
             if total > self.max_request_tokens:
                 raise TooManyTokens(total, self.max_request_tokens)
-        return seqs, truncated
+        plan = plan or planned()
+        decode = [d or (c and not job.cut_hits_valid) for d, c in zip(job.decode, plan.cut)]
+        return plan, decode
 
     def _cancel_error(self, job: Job) -> Exception:
         self.jobs_cancelled += 1
@@ -289,20 +314,21 @@ class MicroBatcher:
     def _process(self, jobs: list[Job]) -> None:
         batch: list[list[int]] = []
         owners: list[Job] = []    # the job of each row of batch
-        spans: list[tuple[Job, int, int, list[int], int]] = []
+        spans: list[tuple[Job, int, int, Plan, Plan, list[bool]]] = []
         for job in jobs:
             if job.cancelled or self._aborted:
                 job.future.set_exception(self._cancel_error(job))
                 continue
             try:
-                seqs, truncated = self._prepare(job)
+                plan, decode = self._prepare(job)
+                chosen = plan.select(decode)
             except Exception as e:  # noqa: BLE001 - this job's problem only
                 job.future.set_exception(e)
                 continue
             start = len(batch)
-            batch.extend(s for s, d in zip(seqs, job.decode) if d)
+            batch.extend(chosen.sequences)  # every window of every input to decode
             owners.extend([job] * (len(batch) - start))
-            spans.append((job, start, len(batch), [len(s) for s in seqs], truncated))
+            spans.append((job, start, len(batch), plan, chosen, decode))
         skipped: dict[int, bool] = {}
 
         def cancelled(i: int) -> bool:
@@ -315,10 +341,10 @@ class MicroBatcher:
         pooled = self.embedder.pool(batch, cancelled=cancelled) if batch \
             else np.empty((0, self.embedder.dim), np.float32)
         self.cycles += 1
-        for job, lo, hi, counts, truncated in spans:
+        for job, lo, hi, plan, chosen, decode in spans:
             if any(skipped.get(i) for i in range(lo, hi)):
                 job.future.set_exception(self._cancel_error(job))
                 continue
-            job.future.set_result(JobResult(pooled[lo:hi], counts, truncated))
+            job.future.set_result(JobResult(chosen, pooled[lo:hi], plan.n_tokens, plan.cut, decode))
             self.jobs_done += 1
             self.inputs_done += len(job)

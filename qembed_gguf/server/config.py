@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import InputError
+from ..longinputs import LONG_INPUTS
 from .protocol import Limits
 
 __all__ = ["ServerConfig"]
@@ -19,12 +20,18 @@ class ServerConfig:
     or unknown). ``cors_origins``: web origins allowed to call the API from a browser (CORS);
     none by default. ``read_timeout_s``: the longest a request body may take to arrive.
     ``shutdown_timeout_s``: how long a shutdown lets accepted requests finish before cancelling them.
+
+    ``long_inputs``: what an input longer than the model's ``max_tokens`` gets when its request
+    does not say (``"error"``: 400; ``"truncate"``; ``"chunk"``; see :mod:`qembed_gguf.longinputs`).
+    ``chunk_overlap``: tokens consecutive windows share, for every request under ``"chunk"``; it
+    must be below ``max_tokens - 1``, which is checked against the model by :func:`.app.create_app`.
     """
 
     model_names: tuple[str, ...]
     api_key: str | None = None
     limits: Limits = Limits()
-    truncate: bool = False            # default of the request's "truncate" field
+    long_inputs: str = "error"        # default of the request's "long_inputs" field
+    chunk_overlap: int = 0            # the server's, not a request field
     max_wait_ms: float = 5.0          # micro-batching window (only while other requests are arriving)
     max_batch_inputs: int = 512
     max_queue_inputs: int = 8192
@@ -45,6 +52,11 @@ class ServerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise InputError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if self.long_inputs not in LONG_INPUTS:
+            raise InputError(f"long_inputs must be one of {', '.join(map(repr, LONG_INPUTS))}, "
+                             f"got {self.long_inputs!r}")
+        if isinstance(self.chunk_overlap, bool) or not isinstance(self.chunk_overlap, int) or self.chunk_overlap < 0:
+            raise InputError(f"chunk_overlap must be an integer >= 0, got {self.chunk_overlap!r}")
         if self.read_timeout_s == 0:
             raise InputError("read_timeout_s must be > 0")
         if self.max_queue_inputs < self.limits.max_inputs:

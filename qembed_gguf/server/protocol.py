@@ -1,13 +1,14 @@
 """The OpenAI embeddings wire format: request validation and response bodies (pure functions).
 
-Requests (``POST /v1/embeddings``) follow OpenAI's schema, with two extensions::
+Requests (``POST /v1/embeddings``) follow OpenAI's schema, with extensions::
 
     {"model": "...", "input": "text" | ["text", ...] | [1, 2, 3] | [[1, 2], [3]],
      "dimensions": 256,                      # Matryoshka: truncate, then L2-normalise
      "encoding_format": "float" | "base64",  # base64: little-endian float32, as OpenAI
      "input_type": "query" | "document",     # extension: query = the model's default instruction
      "instruction": "Given a question, ...", # extension: a query instruction (task) of your own
-     "truncate": false,                      # extension: cut over-long inputs instead of a 400
+     "long_inputs": "truncate" | "error" | "chunk",  # extension: what an input over max_tokens gets
+     "truncate": false,                      # extension, older spelling: true = "truncate", false = "error"
      "user": "..."}                          # accepted, ignored
 
 ``POST /tokenize`` (``{"model", "input": "text" | ["text", ...]}``) and ``POST /detokenize``
@@ -34,10 +35,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..longinputs import LONG_INPUTS
 from ..validate import lone_surrogate
 
 __all__ = ["APIError", "Limits", "EmbeddingRequest", "parse_embedding_request", "parse_tokenize_request",
-           "parse_detokenize_request", "encode_vector",
+           "parse_detokenize_request", "encode_vector", "tokens_as_decoded", "input_too_long",
            "embeddings_body", "models_body", "error_body", "shown", "json_depth", "is_json_media_type",
            "MAX_JSON_DEPTH", "ECHO_CHARS"]
 
@@ -170,7 +172,7 @@ class EmbeddingRequest:
     dim: int | None
     encoding_format: str
     instruction: str | None           # None: documents (raw text)
-    truncate: bool
+    long_inputs: str                  # one of longinputs.LONG_INPUTS: the request's, else the server's
 
     def __len__(self) -> int:
         return len(self.texts if self.texts is not None else self.tokens)
@@ -258,10 +260,56 @@ def _refuse_constants(constants: list[_Constant]) -> None:
                             f"have (NaN and Infinity are JavaScript, not JSON)", code="invalid_json")
 
 
+def tokens_as_decoded(n: int, *, max_tokens: int, long_inputs: str, overlap: int) -> int:
+    """Tokens an input of ``n`` tokens (pooling token included) costs as decoded under
+    ``long_inputs``: ``n`` if it fits (or under ``"error"``, which refuses it), ``max_tokens`` if
+    truncated, every window's tokens (pooling tokens included) if chunked — as
+    :func:`qembed_gguf.longinputs.plan` counts them, in constant time (an overlap near the window
+    makes a window per token: counting them must not cost that)."""
+    if n <= max_tokens or long_inputs == "error":
+        return n
+    if long_inputs == "truncate":
+        return max_tokens
+    content, window = n - 1, max_tokens - 1  # consecutive windows share exactly `overlap` tokens
+    windows = 1 + -(-(content - window) // (window - overlap))
+    return content + (windows - 1) * overlap + windows
+
+
+def input_too_long(index: int, n_tokens: int, limit: int) -> APIError:
+    """The answer to input ``index`` holding more than ``limit`` tokens under ``"long_inputs": "error"``."""
+    return APIError(400, f"input[{index}] has {n_tokens} tokens, more than this server's limit of {limit} (pooling "
+                         f"token included); shorten it or send \"long_inputs\": \"truncate\" (cut it) or "
+                         f"\"chunk\" (average its windows)", param=f"input[{index}]", code="input_too_long")
+
+
+def _long_inputs(obj: dict, default: str) -> str:
+    """The request's long-input policy: ``"long_inputs"``, or its older spelling ``"truncate"``
+    (true: ``"truncate"``, false: ``"error"``), or ``default``; both given must agree."""
+    policy = obj.get("long_inputs")
+    if policy is not None:
+        if not isinstance(policy, str):
+            raise _bad(f"'long_inputs' must be a string, one of {', '.join(LONG_INPUTS)}; got {_kind(policy)}",
+                       "long_inputs", "invalid_type")
+        if policy not in LONG_INPUTS:
+            raise _bad(f"'long_inputs' must be one of {', '.join(LONG_INPUTS)}, got {shown(policy)}", "long_inputs")
+    truncate = obj.get("truncate")
+    if truncate is None:
+        return default if policy is None else policy
+    if not isinstance(truncate, bool):
+        raise _bad(f"'truncate' must be a boolean, got {_kind(truncate)}", "truncate", "invalid_type")
+    implied = "truncate" if truncate else "error"
+    if policy is not None and policy != implied:
+        raise _bad(f"'long_inputs': {shown(policy)} contradicts 'truncate': {str(truncate).lower()} (the older "
+                   f"spelling of 'long_inputs': {shown(implied)}); send only 'long_inputs'", "long_inputs")
+    return implied
+
+
 def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int, min_dim: int, default_task: str,
-                            n_vocab: int, eos_id: int, limits: Limits,
-                            truncate_default: bool = False) -> EmbeddingRequest:
-    """Validate a request body; raises :class:`APIError` (4xx) naming the offending field."""
+                            n_vocab: int, eos_id: int, limits: Limits, long_inputs_default: str = "error",
+                            chunk_overlap: int = 0) -> EmbeddingRequest:
+    """Validate a request body; raises :class:`APIError` (4xx) naming the offending field.
+    ``long_inputs_default``: the policy of a request that names none; ``chunk_overlap``: the
+    server's, for counting the tokens of token-id inputs as they will be decoded."""
     obj, model, constants = _request(body, served, "input")
     texts, tokens = _parse_input(obj["input"], limits, n_vocab)
 
@@ -294,23 +342,22 @@ def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int
     if instruction is not None and tokens is not None:
         raise _bad("an instruction (or input_type='query') needs text input, not token ids", "input")
 
-    truncate = obj.get("truncate", truncate_default)
-    if not isinstance(truncate, bool):
-        raise _bad(f"'truncate' must be a boolean, got {_kind(truncate)}", "truncate", "invalid_type")
-    if tokens is not None:
-        total = 0
+    policy = _long_inputs(obj, long_inputs_default)
+    if policy == "chunk" and limits.max_input_tokens < 2:
+        raise _bad(f"'long_inputs': 'chunk' needs inputs of at least 2 tokens (a window and the pooling token); this "
+                   f"server's limit is {limits.max_input_tokens}", "long_inputs")
+    if tokens is not None:  # their lengths are known now: over-long ones and the request total are checked here
+        limit, total = limits.max_input_tokens, 0
         for i, seq in enumerate(tokens):
             n = len(seq) + (seq[-1] != eos_id)  # the pooling token is appended unless present
-            if n > limits.max_input_tokens and not truncate:
-                raise APIError(400, f"input[{i}] has {n} tokens, more than this server's limit of "
-                                    f"{limits.max_input_tokens} (pooling token included); shorten it or send "
-                                    f"\"truncate\": true", param=f"input[{i}]", code="input_too_long")
-            total += min(n, limits.max_input_tokens)
+            if n > limit and policy == "error":
+                raise input_too_long(i, n, limit)
+            total += tokens_as_decoded(n, max_tokens=limit, long_inputs=policy, overlap=chunk_overlap)
         if total > limits.max_request_tokens:
             raise too_many_tokens(total, limits.max_request_tokens)
     _refuse_constants(constants)
     return EmbeddingRequest(model=model, texts=texts, tokens=tokens, dim=dim, encoding_format=fmt,
-                            instruction=instruction, truncate=truncate)
+                            instruction=instruction, long_inputs=policy)
 
 
 def parse_tokenize_request(body: bytes, *, served: Sequence[str], limits: Limits) -> tuple[str, list[str]]:

@@ -27,6 +27,7 @@ from typing import IO, TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .errors import InputError
+from .longinputs import max_overlap
 from .validate import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +39,7 @@ __all__ = ["check_chunk_settings", "probe", "embed_checkpoint", "spans_part", "p
 
 def check_chunk_settings(chunk_tokens: int | None, overlap: int) -> None:
     """A job's chunk settings, before its input is read: ``chunk_tokens`` None (a plain job, and
-    then ``overlap`` 0) or an int >= 2, ``overlap`` in ``[0, chunk_tokens - 2]``; else
+    then ``overlap`` 0) or an int >= 2, ``overlap`` in ``[0, max_overlap(chunk_tokens)]``; else
     :class:`InputError`. That ``chunk_tokens`` is at most the model's ``max_tokens`` is
     :func:`probe`'s check, once the model is loaded."""
     if chunk_tokens is None:
@@ -46,8 +47,8 @@ def check_chunk_settings(chunk_tokens: int | None, overlap: int) -> None:
             raise InputError(f"overlap={overlap!r} applies to chunk_tokens (a chunk job); a plain job has no chunks")
         return
     check_int("chunk_tokens", chunk_tokens, lo=2)
-    check_int("overlap", overlap, lo=0, hi=chunk_tokens - 2,
-              why=f"the most a chunk of {chunk_tokens} tokens (one the pooling token) can share and move on")
+    check_int("overlap", overlap, lo=0, hi=max_overlap(chunk_tokens),
+              why=f"half of the {chunk_tokens - 1} text tokens of a chunk of {chunk_tokens}")
 
 
 def probe(e: "Embedder", settings: "JobSettings", instruction: str | None) -> None:

@@ -17,8 +17,8 @@ How a text is cut (all of it pure functions, below):
    at ``len(text)``, and each starts no later than the previous one ended.
 
 A chunk's vector is the model's vector of exactly its tokens (a slice of the text's tokenization,
-then the pooling token): embedding ``text[start:end]`` on its own tokenizes it the same way except
-perhaps at its two edges.
+then the pooling token; with ``query=True`` the query template's tokens first): embedding
+``text[start:end]`` on its own tokenizes it the same way except perhaps at its two edges.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from .errors import BackendError, InputError
+from .longinputs import max_overlap
 from .validate import check_int, check_texts
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,13 +79,13 @@ def nfc_with_offsets(text: str) -> tuple[str, Callable[[int, bool], int]]:
         s = bisect.bisect_left(starters, i)  # starters[s - 1] < i <= starters[s]
         lo = starters[s - 2] if s >= 2 else 0
         hi = starters[s + 2] if s + 2 < len(starters) else len(text)
-        # (a stretch over 64 characters, a long run of combining marks, is not cut: no input can make this slow)
+        # (a stretch over 64 characters, a long run of combining marks, is not cut: this loop stays linear)
         if hi - lo <= 64 and nfc_of(text[lo:hi]) == nfc_of(text[lo:i]) + nfc_of(text[i:hi]):
             cuts.append(i)
     cuts.append(len(text))
     pieces = [unicodedata.normalize("NFC", text[a:b]) for a, b in zip(cuts, cuts[1:])]
-    nfc = unicodedata.normalize("NFC", text)
-    if "".join(pieces) != nfc:  # a composition across a cut this rule did not foresee: no inner offsets
+    nfc = "".join(pieces)
+    if nfc != unicodedata.normalize("NFC", nfc):  # a composition across a cut this rule did not foresee: no inner offsets
         cuts, pieces = [0, len(text)], [nfc]
     nfc_cuts = [0]
     for p in pieces:
@@ -101,8 +102,8 @@ def break_quality(text: str, pos: int) -> int:
     """How good a place ``pos`` (a character offset) is to end a chunk: 4 after a blank line, 3 after
     a sentence's end, 2 after a line break, 1 at white space, 0 elsewhere."""
     before = text[max(0, pos - 256):pos]  # what decides is near: a long text is never copied whole
-    tail = before.rstrip(" \t")
-    if tail.endswith("\n") and tail[:-1].rstrip(" \t").endswith("\n"):
+    tail = before.rstrip(" \t\r")  # CRLF text has the same paragraphs as LF text
+    if tail.endswith("\n") and tail[:-1].rstrip(" \t\r").endswith("\n"):
         return 4
     stripped = before.rstrip()
     if stripped and stripped[-1] in SENTENCE_ENDS and (pos == len(text) or text[pos].isspace() or before[-1].isspace()):
@@ -138,7 +139,7 @@ def plan_token_spans(bounds: Sequence[int | None], *, budget: int, overlap: int,
         counting = [(q, k) for q, k in counting if k - start >= budget * (1 - REACH[q])]
         end = max(counting)[1] if counting else (valid[-1] if valid else hard)
         spans.append((start, end))
-        nxt = max(end - overlap, start + 1)
+        nxt = max(end - overlap, start + max(1, (end - start) // 2))  # at most half of a chunk cut short
         # the overlap starts at a word (or better) boundary where its stretch has one, else at a character's
         words = [k for k in range(nxt, end) if bounds[k] is not None and quality(bounds[k]) >= 1]
         while nxt < end and bounds[nxt] is None:
@@ -168,10 +169,11 @@ def _token_bounds(nfc: str, lengths: Sequence[int]) -> tuple[list[int | None], l
 
 # -- embedding -----------------------------------------------------------------------------------------
 def check_chunking(chunk_tokens: int, overlap: int, *, max_tokens: int) -> None:
-    """``chunk_tokens`` in ``[2, max_tokens]``, ``overlap`` in ``[0, chunk_tokens - 2]``, else InputError."""
+    """``chunk_tokens`` in ``[2, max_tokens]``, ``overlap`` in ``[0, max_overlap(chunk_tokens)]`` (half of
+    a chunk's content tokens), else InputError."""
     check_int("chunk_tokens", chunk_tokens, lo=2, hi=max_tokens, why="this Embedder's max_tokens")
-    check_int("overlap", overlap, lo=0, hi=chunk_tokens - 2,
-              why=f"the most a chunk of {chunk_tokens} tokens (one the pooling token) can share and move on")
+    check_int("overlap", overlap, lo=0, hi=max_overlap(chunk_tokens),
+              why=f"half of the {chunk_tokens - 1} text tokens of a chunk of {chunk_tokens}")
 
 
 def embed_chunks(embedder: "Embedder", texts: str | Sequence[str], *, chunk_tokens: int, overlap: int = 0,
@@ -181,31 +183,25 @@ def embed_chunks(embedder: "Embedder", texts: str | Sequence[str], *, chunk_toke
     items = check_texts(texts)
     check_chunking(chunk_tokens, overlap, max_tokens=embedder.max_tokens)
     budget = chunk_tokens - 1
-    if query:  # every chunk is formatted as a query: the template's tokens come out of the budget
-        template_tokens = embedder.count_tokens(embedder.format_query("", task))[0] - 1
-        budget -= template_tokens
+    prefix: list[int] = []
+    if query:  # every chunk is the template's tokens, then its own: they come out of the budget
+        prefix = embedder.tokenize(embedder.format_query("", task))[0][:-1]
+        budget -= len(prefix)
         if budget < 1:
             raise InputError(f"chunk_tokens={chunk_tokens} leaves no room for text after the query template's "
-                             f"{template_tokens} tokens and the pooling token")
+                             f"{len(prefix)} tokens and the pooling token")
     eos = embedder.pooling_token_id
     records: list[tuple[int, int, int, int]] = []
     sequences: list[list[int]] = []
     for index, text in enumerate(items):
         nfc, back = nfc_with_offsets(text)
-        ids = embedder.tokenize(text)[0][:-1]
+        ids = embedder.tokenize(nfc)[0][:-1]  # NFC already: normalising again is a quick check
         exact, up = _token_bounds(nfc, embedder.piece_lengths(ids))
         spans = plan_token_spans(exact, budget=budget, overlap=overlap, quality=lambda pos: break_quality(nfc, pos))
-        pieces = []
         for chunk, (a, b) in enumerate(spans):
             start = back(exact[a] if exact[a] is not None else up[a] - 1, False)
             end = back(up[b], True)
             records.append((index, chunk, start, end))
-            pieces.append(ids[a:b])
-        if query:
-            starts_ends = records[-len(spans):]
-            formatted = embedder.format_queries([text[s:e] for _, _, s, e in starts_ends], task)
-            sequences.extend(embedder.fit(embedder.prepare_texts(formatted), truncate=True))
-        else:
-            sequences.extend(p + [eos] for p in pieces)
+            sequences.append(prefix + ids[a:b] + [eos])
     vectors = embedder.finish(embedder.pool(sequences, batch_tokens=batch_tokens), dim=dim, normalize=normalize)
     return [Chunk(i, c, s, e, len(seq), vec) for (i, c, s, e), seq, vec in zip(records, sequences, vectors)]

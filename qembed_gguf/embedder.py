@@ -82,7 +82,7 @@ class Embedder(TokensAPI, SentenceTransformersAPI):
             :class:`InputTooLongError`; ``"chunk"``: split into windows of ``max_tokens - 1`` tokens
             that overlap by ``chunk_overlap``, embedded separately and averaged
             (:mod:`qembed_gguf.longinputs` has the exact rule).
-        chunk_overlap: tokens consecutive windows share under ``"chunk"``, in ``[0, max_tokens - 2]``.
+        chunk_overlap: tokens consecutive windows share under ``"chunk"``, in ``[0, (max_tokens - 1) // 2]``.
         truncate: the older spelling: True is ``long_inputs="truncate"``, False ``"error"``.
         flash_attn: llama.cpp flash attention (default on: 1.3x faster on CPU; its kernel
             accumulates in half precision, see the README). False: off; None: llama.cpp decides.
@@ -407,7 +407,7 @@ class Embedder(TokensAPI, SentenceTransformersAPI):
         is the chunk; a text's chunks run from 0 to ``len(text)``), ``.n_tokens`` and ``.vector``.
         Chunks end at token boundaries, preferring a paragraph, then a sentence break near the end
         of the window (:mod:`qembed_gguf.chunks`). ``query``: each chunk is embedded as a query
-        with ``task`` (the template's tokens come out of ``chunk_tokens``). The cache is not used."""
+        with ``task`` (the template's tokens, then the chunk's; all count in ``chunk_tokens``). The cache is not used."""
         return embed_chunks(self, texts, chunk_tokens=chunk_tokens, overlap=overlap, dim=dim, query=query,
                             task=task, normalize=normalize, batch_tokens=batch_tokens)
 

@@ -176,7 +176,9 @@ class InputTooLongError(InputError):
 
 class InvalidTextError(InputError):
     """An input string cannot be encoded as UTF-8: it holds a lone surrogate (e.g. ``"\\ud800"``,
-    what ``json.loads`` or ``bytes.decode(errors="surrogateescape")`` produce from broken data).
+    what ``json.loads`` or ``bytes.decode(errors="surrogateescape")`` produce from broken data); or
+    it holds a run of more combining marks than :data:`qembed_gguf.validate.MAX_MARK_RUN`, which
+    Unicode normalisation would take quadratic time to sort.
 
     ``index`` is the input's index (None for a setting such as the instruction), ``position`` the
     character offset of the first surrogate and ``what`` names the argument.

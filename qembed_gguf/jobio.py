@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from .errors import InputError
-from .validate import lone_surrogate
+from .validate import MAX_MARK_RUN, long_mark_run, lone_surrogate
 
 __all__ = ["INPUT_FORMATS", "NO_ID", "iter_txt", "iter_jsonl", "iter_records", "input_format", "open_input", "is_regular_file",
            "ids_path", "spans_path"]
@@ -86,8 +86,16 @@ def input_format(path: str, fmt: str) -> str:
 
 
 def iter_records(fh: IO[bytes], *, fmt: str, field: str, source: str) -> Iterator[tuple[int, str, Any]]:
-    """Stream an input's records from a binary file object (``fmt`` already resolved)."""
-    return iter_jsonl(fh, field=field, source=source) if fmt == "jsonl" else iter_txt(fh, source=source)
+    """Stream an input's records from a binary file object (``fmt`` already resolved); a text the
+    Embedder would refuse for a run of combining marks (:func:`~qembed_gguf.validate.long_mark_run`)
+    fails here, naming its line, before any model work."""
+    records = iter_jsonl(fh, field=field, source=source) if fmt == "jsonl" else iter_txt(fh, source=source)
+    for lineno, text, rid in records:
+        run = long_mark_run(text)
+        if run is not None:
+            raise InputError(f"{source}: line {lineno}: the text holds a run of {run[1]} combining marks at character "
+                             f"{run[0]} (at most {MAX_MARK_RUN} in a row)")
+        yield lineno, text, rid
 
 
 def is_regular_file(path: str) -> bool:

@@ -203,7 +203,9 @@ def run_embed_job(embedder, input_path: str, out: Path, settings: JobSettings, *
         raise InputError(f"chunk_size must be positive, got {settings.chunk_size}")
     check_chunk_settings(settings.chunk_tokens, settings.overlap)
     side = spans_path(out) if settings.chunk_tokens is not None else ids_path(out)
-    if not force and (out.exists() or side.exists()):
+    # an existing output is refused, unless this job's own folder says a run of it was interrupted (perhaps
+    # while its outputs were being renamed into place): the same command then resumes it
+    if not force and not (job_dir(out) / "manifest.json").is_file() and (out.exists() or side.exists()):
         raise OutputExistsError(f"{out} (or {side.name}) exists; pass --force to overwrite")
     fmt = input_format(input_path, settings.fmt)
     with contextlib.ExitStack() as spool:
@@ -322,6 +324,9 @@ def _run(embedder, opener: Callable[[], IO[bytes]], source: str, fmt: str, out: 
                 part = _ids_part(folder, k).read_bytes()[1:-1]
                 fid.write((b"," if k and part else b"") + part)
             fid.write(b"]")
+    # side files an earlier job of another kind left next to this output describe rows it no longer has
+    for stale in ([ids_path(out)] if chunked else [spans_path(out)] + ([] if has_ids else [ids_path(out)])):
+        stale.unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
     fsync_dir(out.parent)
     return JobResult(n, n_tokens, dim, seconds, resumed, out, n_embedded, n_rows)

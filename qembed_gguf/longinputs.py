@@ -29,24 +29,31 @@ from .errors import InputError
 from .postprocess import l2_normalize, truncate_dim
 from .validate import fit_sequences
 
-__all__ = ["LONG_INPUTS", "Plan", "check_policy", "resolve_policy", "plan", "window_spans"]
+__all__ = ["LONG_INPUTS", "Plan", "check_policy", "max_overlap", "resolve_policy", "plan", "window_spans"]
 
 LONG_INPUTS = ("truncate", "error", "chunk")
 
 
+def max_overlap(window_tokens: int) -> int:
+    """The most tokens consecutive windows (or chunks) of ``window_tokens`` tokens, the pooling token
+    included, may share: half of their content, so that each moves on by at least as much as it
+    repeats and a text costs at most about twice its tokens."""
+    return max(window_tokens - 1, 0) // 2
+
+
 def check_policy(long_inputs: str, overlap: int, *, max_tokens: int) -> tuple[str, int]:
     """``(long_inputs, overlap)`` if valid for a model with ``max_tokens``, else :class:`InputError`:
-    the policy one of :data:`LONG_INPUTS`, the overlap an int in ``[0, max_tokens - 2]`` (a window
-    holds ``max_tokens - 1`` content tokens and must advance by at least one)."""
+    the policy one of :data:`LONG_INPUTS`, the overlap an int in ``[0, max_overlap(max_tokens)]``
+    (half of a window's ``max_tokens - 1`` content tokens)."""
     if long_inputs not in LONG_INPUTS:
         raise InputError(f"long_inputs must be one of {', '.join(map(repr, LONG_INPUTS))}, got {long_inputs!r}")
     if long_inputs == "chunk" and max_tokens < 2:
         raise InputError(f"long_inputs='chunk' needs max_tokens >= 2 (a window of one token and the pooling "
                          f"token), got {max_tokens}")
-    hi = max(max_tokens - 2, 0)
+    hi = max_overlap(max_tokens)
     if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or not 0 <= overlap <= hi:
-        raise InputError(f"chunk_overlap must be an integer in [0, {hi}] (fewer than the {max_tokens - 1} content "
-                         f"tokens of a window), got {overlap!r}")
+        raise InputError(f"chunk_overlap must be an integer in [0, {hi}] (at most half of the {max_tokens - 1} "
+                         f"content tokens of a window), got {overlap!r}")
     return long_inputs, int(overlap)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import unicodedata
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -55,13 +56,39 @@ def lone_surrogate(text: str) -> int | None:
     return None
 
 
+MAX_MARK_RUN = 256  # combining marks in a row; Unicode's stream-safe format allows 30
+
+
+def long_mark_run(text: str) -> tuple[int, int] | None:
+    """(position, length) of the first run of more than :data:`MAX_MARK_RUN` combining marks in a
+    text that is not in NFC, or None. NFC reorders such a run by insertion sort (CPython's
+    ``unicodedata``): a few hundred kilobytes of alternating marks would hold a call for minutes."""
+    if text.isascii() or unicodedata.is_normalized("NFC", text):
+        return None
+    run = 0
+    for i, ch in enumerate(text):
+        run = run + 1 if unicodedata.combining(ch) else 0
+        if run > MAX_MARK_RUN:
+            start = i - run + 1
+            while start + run < len(text) and unicodedata.combining(text[start + run]):
+                run += 1
+            return start, run
+    return None
+
+
 def check_text(text: str, what: str, index: int | None = None) -> str:
-    """``text`` if it can be encoded as UTF-8; else :class:`InvalidTextError` naming the first
-    lone surrogate's position (``json.loads('"\\ud800"')`` gives such a string)."""
+    """``text`` if it can be encoded as UTF-8 and normalised quickly; else :class:`InvalidTextError`
+    naming the first lone surrogate's position (``json.loads('"\\ud800"')`` gives such a string) or
+    the first run of more than :data:`MAX_MARK_RUN` combining marks (in text not already NFC)."""
     at = lone_surrogate(text)
-    if at is None:
-        return text
     where = f"{what}[{index}]" if index is not None else what
+    if at is None:
+        run = long_mark_run(text)
+        if run is None:
+            return text
+        raise InvalidTextError(
+            f"{where} holds a run of {run[1]} combining marks at character {run[0]} (at most {MAX_MARK_RUN} in a "
+            f"row): not text a model can read", what=what, index=index, position=run[0])
     raise InvalidTextError(
         f"{where} holds a lone surrogate {text[at]!r} at character {at}: it is not valid Unicode text (decode the "
         f"source bytes with errors='replace', or fix the escape)", what=what, index=index, position=at)

@@ -122,20 +122,26 @@ def llama_cpp_dir() -> Path:
     return _llama_cpp_source()
 
 
+REFERENCE_TYPES = ("f16", "bf16", "q8_0")  # what test_convert_reference compares
+
+
 @pytest.fixture(scope="session")
 def reference_converted(checkpoints, llama_cpp_dir, tmp_path_factory):
+    """llama.cpp's converter's file for (shape, outtype); the first request for a shape converts it to
+    every type of REFERENCE_TYPES in one process (one torch import, not one per file)."""
     out_dir = tmp_path_factory.mktemp("reference")
     cache: dict[tuple[str, str], Path] = {}
 
     def get(shape: str, outtype: str) -> Path:
         if (shape, outtype) not in cache:
-            out = out_dir / f"{shape}-{outtype}.gguf"
+            types = REFERENCE_TYPES if outtype in REFERENCE_TYPES else (outtype,)
+            jobs = {t: out_dir / f"{shape}-{t}.gguf" for t in types}
             proc = subprocess.run(
                 [sys.executable, str(ROOT / "tests" / "reference_convert.py"), str(llama_cpp_dir),
-                 str(checkpoints[shape]), "--outtype", outtype, "--outfile", str(out)],
+                 str(checkpoints[shape]), *(f"{t}={path}" for t, path in jobs.items())],
                 capture_output=True, text=True, timeout=600)
             assert proc.returncode == 0, f"llama.cpp's converter failed:\n{proc.stderr[-3000:]}"
-            cache[shape, outtype] = out
+            cache.update({(shape, t): path for t, path in jobs.items()})
         return cache[shape, outtype]
 
     return get

@@ -1,6 +1,9 @@
 """Run llama.cpp's own convert_hf_to_gguf.py (vendored in the llama-cpp-python sdist) as a reference.
 
-    python tests/reference_convert.py LLAMA_CPP_DIR MODEL_DIR --outtype f16 --outfile out.gguf
+    python tests/reference_convert.py LLAMA_CPP_DIR MODEL_DIR OUTTYPE=OUT.gguf [OUTTYPE=OUT.gguf ...]
+
+Each OUTTYPE=OUT.gguf is one run of the converter (``--outtype OUTTYPE --outfile OUT.gguf``), all in
+this one process: torch and transformers are imported once, not once per file.
 
 The only change to the reference is the BPE pre-tokenizer detection: it fingerprints the
 tokenizer by hashing the token ids of a probe string, which a synthetic tokenizer cannot match,
@@ -12,13 +15,15 @@ import runpy
 import sys
 from pathlib import Path
 
-root = Path(sys.argv[1])
+root, model = Path(sys.argv[1]), sys.argv[2]
 script = root / "convert_hf_to_gguf.py"
-sys.argv = [str(script), *sys.argv[2:]]
 sys.path.insert(0, str(root))
 sys.path.insert(1, str(root / "gguf-py"))
 
 from conversion.base import TextModel  # noqa: E402
 
 TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
-runpy.run_path(str(script), run_name="__main__")
+for job in sys.argv[3:]:
+    outtype, outfile = job.split("=", 1)
+    sys.argv = [str(script), model, "--outtype", outtype, "--outfile", outfile]
+    runpy.run_path(str(script), run_name="__main__")

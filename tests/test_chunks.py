@@ -49,7 +49,7 @@ def _check_cover(text: str, chunks, chunk_tokens: int) -> None:
     assert all(2 <= c.n_tokens <= chunk_tokens for c in chunks) or text == ""
 
 
-@pytest.mark.parametrize("chunk_tokens, overlap", [(24, 0), (24, 6), (64, 0), (5, 3), (2, 0)])
+@pytest.mark.parametrize("chunk_tokens, overlap", [(24, 0), (24, 6), (64, 0), (64, 31), (5, 2), (2, 0)])
 def test_spans_cover_every_text_in_order(tiny, chunk_tokens, overlap):
     chunks = tiny.embed_chunks(TEXTS, chunk_tokens=chunk_tokens, overlap=overlap)
     assert [c.index for c in chunks] == sorted(c.index for c in chunks)
@@ -82,11 +82,21 @@ def test_chunks_end_at_paragraphs_then_sentences(tiny):
         assert SENTENCES[:c.end].rstrip().endswith("."), repr(SENTENCES[c.start:c.end])
 
 
-def test_query_chunks_are_queries(tiny):
-    chunks = tiny.embed_chunks([SENTENCES], chunk_tokens=40, query=True, task="Find the sentence")
+def test_query_chunks_are_queries(tiny, hf):
+    task = "Find the sentence"
+    texts = [SENTENCES, "𓀀" * 20 + " Ωmega"]  # a glyph of 4 byte tokens: re-tokenised spans would grow
+    chunks = tiny.embed_chunks(texts, chunk_tokens=40, query=True, task=task)
     assert len(chunks) > 3 and all(c.n_tokens <= 40 for c in chunks)
-    want = tiny.embed_query([SENTENCES[c.start:c.end] for c in chunks], task="Find the sentence")
-    np.testing.assert_allclose(np.stack([c.vector for c in chunks]), want, atol=3e-5)
+    # HF's tokens: the template's (all but its pooling token), then the chunk's slice of the whole text's
+    prefix = hf.encode(f"Instruct: {task}\nQuery:").ids[:-1]
+    for c in chunks:
+        if c.index == 0:  # ASCII: the slice is the tokens of the span
+            ids = hf.encode(texts[0][c.start:c.end]).ids[:-1]
+            assert c.n_tokens == len(prefix) + len(ids) + 1
+            assert float(c.vector @ tiny.embed_tokens([prefix + ids])[0]) > 0.9999
+    # and nearly what embed_query gives the span's text (which may merge "Query:" with its first word)
+    want = tiny.embed_query([texts[c.index][c.start:c.end] for c in chunks], task=task)
+    assert min(float(v @ w) for v, w in zip((c.vector for c in chunks), want)) > 0.98
     with pytest.raises(InputError, match="no room for text after the query template"):
         tiny.embed_chunks(["x"], chunk_tokens=5, query=True)
 
@@ -95,7 +105,7 @@ def test_query_chunks_are_queries(tiny):
     ({"chunk_tokens": 1}, r"chunk_tokens must be"),
     ({"chunk_tokens": 10**6}, r"chunk_tokens=1000000 is more than this Embedder's max_tokens, 8192"),
     ({"chunk_tokens": True}, r"chunk_tokens must be"),
-    ({"chunk_tokens": 10, "overlap": 9}, r"overlap=9 is more than .*, 8"),
+    ({"chunk_tokens": 10, "overlap": 5}, r"overlap=5 is more than half of the 9 text tokens of a chunk of 10, 4"),
     ({"chunk_tokens": 10, "overlap": -1}, r"overlap must be"),
 ])
 def test_bad_chunk_settings(tiny, kwargs, match):
@@ -114,6 +124,8 @@ def test_nfc_offsets_map_back_to_the_text_as_given():
                  "\u0915\u094d\u0937\u093f " * 3 + unicodedata.normalize("NFD", "é")]:
         nfc, back = nfc_with_offsets(text)
         assert nfc == unicodedata.normalize("NFC", text)
+        if text == NFD:  # fine-grained: nearly every offset maps exactly (a fallback to [0, len] would not)
+            assert len({back(i, True) for i in range(len(nfc) + 1)}) > len(nfc) * 0.9
         assert back(0, False) == 0 and back(len(nfc), True) == len(text)
         for i in range(len(nfc) + 1):
             lo, hi = back(i, False), back(i, True)
@@ -130,6 +142,8 @@ def test_break_quality_and_planner():
     assert break_quality(text, text.index("four")) == 4
     assert break_quality(text, text.index("five")) == 1
     assert break_quality(text, 2) == 0
+    crlf = text.replace("\n", "\r\n")  # Windows line ends: the same breaks
+    assert [break_quality(crlf, crlf.index(w)) for w in ("Two", "three", "four", "five")] == [3, 2, 4, 1]
     bounds = list(range(11))
     assert plan_token_spans(bounds, budget=4, overlap=0, quality=lambda p: 0) == [(0, 4), (4, 8), (8, 10)]
     assert plan_token_spans(bounds, budget=4, overlap=1, quality=lambda p: 0) == [(0, 4), (3, 7), (6, 10)]

@@ -193,15 +193,15 @@ def test_a_resume_with_another_policy_or_chunking_is_refused(model, e, tmp_path)
     (["--chunk-tokens", "65", "--max-tokens", "64"], 2, "--chunk-tokens 65 is more than --max-tokens 64"),
     (["--chunk-tokens", "100000"], 1, "chunk_tokens=100000 is more than this Embedder's max_tokens, 8192"),
     (["--overlap", "2"], 2, "--overlap applies to --chunk-tokens"),
-    (["--chunk-tokens", "8", "--overlap", "7"], 2, "--overlap must be at most --chunk-tokens - 2 = 6"),
+    (["--chunk-tokens", "8", "--overlap", "4"], 2, "--overlap must be at most 3: half of the 7 tokens"),
     (["--chunk-tokens", "8", "--overlap", "-1"], 2, "-1 is not in the range x>=0"),
     (["--chunk-tokens", "8", "--chunk-overlap", "2"], 2, "--chunk-overlap does not apply with --chunk-tokens"),
     (["--chunk-tokens", "8", "--query"], 1, "leaves no room for text after the query template"),
     (["--chunk-tokens", "8", "--ray"], 2, "--chunk-tokens is not supported with --ray"),
     (["--no-truncate", "--long-inputs", "chunk"], 2, "--no-truncate is --long-inputs error; it contradicts"),
     (["--chunk-overlap", "3"], 2, "--chunk-overlap applies to --long-inputs chunk"),
-    (["--long-inputs", "chunk", "--chunk-overlap", "63", "--max-tokens", "64"], 2, "at most --max-tokens - 2 = 62"),
-    (["--long-inputs", "chunk", "--chunk-overlap", "9000"], 1, "chunk_overlap must be an integer in [0, 8190]"),
+    (["--long-inputs", "chunk", "--chunk-overlap", "32", "--max-tokens", "64"], 2, "--chunk-overlap must be at most 31"),
+    (["--long-inputs", "chunk", "--chunk-overlap", "9000"], 1, "chunk_overlap must be an integer in [0, 4095]"),
 ])
 def test_bad_values_fail_clearly_and_leave_nothing(model, tmp_path, args, code, message):
     src = _jsonl(tmp_path / "in.jsonl", TEXTS[:2])

@@ -157,7 +157,7 @@ def test_the_manifest_records_the_long_input_policy(converted, tmp_path):
 
 @pytest.mark.parametrize("settings, match", [
     (JobSettings(chunk_tokens=1), "chunk_tokens must be an integer >= 2, got 1"),
-    (JobSettings(chunk_tokens=8, overlap=7), "overlap=7 is more than the most a chunk of 8 tokens"),
+    (JobSettings(chunk_tokens=8, overlap=4), "overlap=4 is more than half of the 7 text tokens of a chunk of 8, 3"),
     (JobSettings(overlap=2), "overlap=2 applies to chunk_tokens"),
 ])
 def test_bad_chunk_settings_fail_before_the_input_is_read(tmp_path, settings, match):
@@ -174,3 +174,34 @@ def test_a_chunk_job_refuses_an_existing_spans_file(tmp_path):
     with pytest.raises(OutputExistsError, match=r"o\.spans\.jsonl\) exists; pass --force"):
         run_embed_job(lambda: None, str(src), tmp_path / "o.npy", JobSettings(chunk_tokens=8))
     assert (tmp_path / "o.spans.jsonl").read_text() == "keep"
+
+
+def test_outputs_renamed_halfway_then_the_same_command_resumes(converted, tmp_path):
+    """A kill between the renames of OUT.spans.jsonl and OUT.npy leaves the spans and the job folder:
+    the same command resumes (the folder says the outputs are its own) instead of asking for --force;
+    a side file of the other kind of job is removed with the run that replaces its output."""
+    model = converted("tiny", "q8_0")
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(_corpus(12)) + "\n")
+    out = tmp_path / "out.npy"
+    settings = JobSettings(chunk_size=4, chunk_tokens=8)
+
+    class Stop(Exception):
+        pass
+
+    def stop(_):
+        raise Stop
+
+    with Embedder(model) as e:
+        with pytest.raises(Stop):
+            run_embed_job(e, str(src), out, settings, progress=stop)
+        (tmp_path / "out.spans.jsonl").write_text("left by the interrupted rename\n")
+        (tmp_path / "out.ids.json").write_text("[1, 2]")  # an earlier plain job's ids: not this output's
+        result = run_embed_job(e, str(src), out, settings)
+        want = np.concatenate([np.stack([c.vector for c in e.embed_chunks(_corpus(12)[k:k + 4], chunk_tokens=8)])
+                               for k in (0, 4, 8)])
+    assert result.n_texts == 12 and np.array_equal(np.load(out), want)
+    assert len((tmp_path / "out.spans.jsonl").read_text().splitlines()) == len(want)
+    assert not (tmp_path / "out.ids.json").exists() and not job_dir(out).exists()
+    with Embedder(model) as e, pytest.raises(OutputExistsError):  # a finished output is still protected
+        run_embed_job(e, str(src), out, settings)

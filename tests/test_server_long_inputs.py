@@ -227,7 +227,7 @@ def test_configuration_is_checked(live_app, path):
         ServerConfig(model_names=("tiny",), long_inputs="split")
     with pytest.raises(ValueError, match="chunk_overlap must be an integer >= 0"):
         ServerConfig(model_names=("tiny",), chunk_overlap=-1)
-    with _embedder(path) as e, pytest.raises(ValueError, match=r"max_tokens=32: chunk_overlap must be .*\[0, 30\]"):
+    with _embedder(path) as e, pytest.raises(ValueError, match=r"max_tokens=32: chunk_overlap must be .*\[0, 15\]"):
         live_app(e, ServerConfig(model_names=("tiny",), chunk_overlap=31))
 
 
@@ -264,7 +264,7 @@ def test_serve_cli_options_reach_the_server(monkeypatch, live_app, path, texts):
     r = run(main, ["serve", path, "--truncate", "--long-inputs", "chunk"])
     assert r.exit_code == 2 and "contradicts --long-inputs chunk" in r.output
     r = run(main, ["serve", path, "--max-tokens", str(MAX), "--long-inputs", "chunk", "--chunk-overlap", "31"])
-    assert r.exit_code == 1 and "chunk_overlap must be an integer in [0, 30]" in r.output
+    assert r.exit_code == 1 and "chunk_overlap must be an integer in [0, 15]" in r.output
     assert "--truncate" not in run(main, ["serve", "--help"]).output  # hidden, still accepted
 
 

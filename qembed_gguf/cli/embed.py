@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..jobio import INPUT_FORMATS, spans_path
+from ..longinputs import max_overlap
 from ..postprocess import PRECISIONS
 from ._common import device_options, library_errors, long_input_options, main, setup_logging
 
@@ -167,10 +168,9 @@ def _check_long_inputs(given, *, long_inputs: str, chunk_overlap: int, no_trunca
         if max_tokens is not None and chunk_tokens > max_tokens:
             raise click.UsageError(f"--chunk-tokens {chunk_tokens} is more than --max-tokens {max_tokens}")
         overlap = overlap or 0
-        if overlap > chunk_tokens - 2:
-            raise click.UsageError(f"--overlap must be at most --chunk-tokens - 2 = {chunk_tokens - 2}: a chunk holds "
-                                   f"{chunk_tokens - 1} tokens of the text (and the pooling token) and must move on "
-                                   f"by at least one")
+        if overlap > max_overlap(chunk_tokens):
+            raise click.UsageError(f"--overlap must be at most {max_overlap(chunk_tokens)}: half of the "
+                                   f"{chunk_tokens - 1} tokens of the text a chunk holds (and the pooling token)")
         return long_inputs, chunk_overlap, overlap
     if overlap is not None:
         raise click.UsageError("--overlap applies to --chunk-tokens")
@@ -180,9 +180,9 @@ def _check_long_inputs(given, *, long_inputs: str, chunk_overlap: int, no_trunca
         long_inputs = "error"
     if given("chunk_overlap") and long_inputs != "chunk":
         raise click.UsageError("--chunk-overlap applies to --long-inputs chunk")
-    if long_inputs == "chunk" and max_tokens is not None and chunk_overlap > max_tokens - 2:
-        raise click.UsageError(f"--chunk-overlap must be at most --max-tokens - 2 = {max(max_tokens - 2, 0)}: a "
-                               f"window holds {max_tokens - 1} tokens of the text and must move on by at least one")
+    if long_inputs == "chunk" and max_tokens is not None and chunk_overlap > max_overlap(max_tokens):
+        raise click.UsageError(f"--chunk-overlap must be at most {max_overlap(max_tokens)}: half of the "
+                               f"{max_tokens - 1} tokens of the text a window holds")
     return long_inputs, chunk_overlap, 0
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..longinputs import LONG_INPUTS
-from ..validate import lone_surrogate
+from ..validate import MAX_MARK_RUN, long_mark_run, lone_surrogate
 
 __all__ = ["APIError", "Limits", "EmbeddingRequest", "parse_embedding_request", "parse_tokenize_request",
            "parse_detokenize_request", "encode_vector", "tokens_as_decoded", "input_too_long",
@@ -191,6 +191,10 @@ def _check_text(text: str, param: str) -> None:
     if at is not None:
         raise _bad(f"{param} holds a lone surrogate ({text[at]!r}) at character {at}: it is not valid Unicode text "
                    f"(the client's JSON has a broken \\u escape, or its text was decoded with surrogateescape)", param)
+    run = long_mark_run(text)
+    if run is not None:
+        raise _bad(f"{param} holds a run of {run[1]} combining marks at character {run[0]} (at most {MAX_MARK_RUN} "
+                   f"in a row): not text a model can read", param)
 
 
 def _parse_input(value: Any, limits: Limits, n_vocab: int) -> tuple[list[str] | None, list[list[int]] | None]:

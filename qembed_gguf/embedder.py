@@ -420,6 +420,13 @@ class Embedder(TokensAPI, SentenceTransformersAPI):
         return self.embed(texts, **kwargs)
 
     # -- lifetime -----------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """One decode of the pooling token alone, not counted in :attr:`stats`: pages the weights in
+        and allocates llama.cpp's compute buffers before the first real call (the server runs it)."""
+        with self._lock:
+            self._require_open()
+            self._runtime.embed_batch([[self._eos]])
+
     def _require_open(self) -> None:
         if self._runtime is None:
             raise InputError("this Embedder is closed")

@@ -275,7 +275,7 @@ class _GatedModel:
     """Stands in for an Embedder in the batcher: pooled row = [input length] * 4, and pool()
     blocks until ``gate`` is set, so the tests control when the worker is busy."""
 
-    dim, max_tokens, pooling_token_id = 4, 1000, 0
+    dim, max_tokens, pooling_token_id, batch_tokens = 4, 1000, 0, 512
 
     def __init__(self):
         self.gate, self.entered, self.calls = threading.Event(), threading.Event(), []

@@ -264,7 +264,7 @@ class _SteppingModel:
     """A stand-in Embedder whose pool() asks ``cancelled`` before each one-row "decode call", as
     Embedder.pool does, and takes ``step`` seconds per call; a row is [its length] * 4."""
 
-    dim, pooling_token_id = 4, 0
+    dim, pooling_token_id, batch_tokens = 4, 0, 512
 
     def __init__(self, step: float = 0.02, max_tokens: int = 1000):
         self.step, self.decodes, self.entered, self.max_tokens = step, 0, threading.Event(), max_tokens

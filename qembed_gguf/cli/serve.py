@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
               help="Seconds a request body may take to arrive (then 408).")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds a shutdown lets accepted requests finish before cancelling them (503).")
+@click.option("--metrics-need-key", is_flag=True,
+              help="Ask for the API key on /metrics too (by default it is open, as /health).")
 @click.option("--flash-attn/--no-flash-attn", default=True, show_default=True,
               help="Flash attention (faster; off: vectors vary less with what shares their batch).")
 @device_options
@@ -51,8 +53,8 @@ log = logging.getLogger(__name__)
 @library_errors
 def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, long_inputs, chunk_overlap, truncate,
           max_inputs, max_body_mb, max_queue, max_request_tokens, batch_wait_ms, allowed_hosts, cors_origins,
-          read_timeout, shutdown_timeout, flash_attn, threads, n_gpu_layers, vram):
-    """Serve MODEL as an OpenAI-compatible embeddings API (/v1/embeddings, /v1/models, /health).
+          read_timeout, shutdown_timeout, metrics_need_key, flash_attn, threads, n_gpu_layers, vram):
+    """Serve MODEL as an OpenAI-compatible embeddings API (/v1/embeddings, /v1/models, /health, /metrics).
 
     \b
     Example:
@@ -86,7 +88,7 @@ def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, 
                                             max_request_tokens=max_request_tokens),
                               max_wait_ms=batch_wait_ms, max_queue_inputs=max_queue, allowed_hosts=allowed_hosts,
                               cors_origins=cors_origins, read_timeout_s=read_timeout,
-                              shutdown_timeout_s=shutdown_timeout)
+                              shutdown_timeout_s=shutdown_timeout, metrics_need_key=metrics_need_key)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     # the Embedder's policy names the cache's key: requests under it may cache vectors of over-long

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 try:
+    import prometheus_client  # noqa: F401
     import starlette  # noqa: F401
     import uvicorn
 except ImportError as e:  # pragma: no cover - depends on the environment

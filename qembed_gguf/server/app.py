@@ -9,6 +9,10 @@ disconnects while its request waits has its remaining decode calls skipped, one 
 most ``limits.max_request_tokens`` tokens, and a shutdown waits at most ``shutdown_timeout_s``
 for accepted work. Browsers are kept out by the ``Host`` allow-list and the JSON media type
 (:mod:`.security`); CORS headers are sent only for ``cors_origins``.
+
+Every answer carries ``X-Request-Id`` and is logged on ``qembed_gguf.access`` (:mod:`.access`);
+``/metrics`` is the Prometheus exposition (:mod:`.metrics`). ``/health`` says ``loading`` (503)
+until one warm-up decode has run (the startup waits ``WARMUP_WAIT_S`` for it, then listens anyway).
 """
 
 from __future__ import annotations
@@ -16,11 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
-import json
 import logging
+import threading
 import time
-from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
@@ -35,102 +37,24 @@ from ..embedder import Embedder
 from ..errors import InputError, InputTooLongError, InvalidTextError
 from ..longinputs import check_policy
 from ..lookup import Pending
+from .access import AccessLog, note_embedded
 from .batcher import Job, JobCancelled, MicroBatcher, QueueFull, ShuttingDown, TooManyTokens
-from .protocol import (ECHO_CHARS, APIError, embeddings_body, error_body, input_too_long, is_json_media_type,
-                       models_body, parse_detokenize_request, parse_embedding_request, parse_tokenize_request, shown,
+from .protocol import (ECHO_CHARS, APIError, embeddings_body, error_body, input_too_long, models_body, parse_detokenize_request, parse_embedding_request, parse_tokenize_request, shown,
                        too_many_tokens)
 from .config import ServerConfig
+from .http import (CLOSE, OPEN_PATHS, _ApiKeyMiddleware, _ClientLeft, _disconnected, _dumps, _error, _gone, _JSON,
+                   _read_body, _require_json)
+from .metrics import CONTENT_TYPE, ServerMetrics
 from .security import HostGuard, allowed_hosts
 
 __all__ = ["ServerConfig", "create_app"]
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health"})  # answered without an API key
 
 
 PARSE_OFF_LOOP_BYTES = 1 << 20  # bodies larger than this are parsed in a worker thread
-
-
-class _JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return _dumps(content)
-
-
-def _dumps(content: Any) -> bytes:
-    try:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate got into a message: \u escapes are valid JSON
-        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-
-
-def _error(e: APIError) -> Response:
-    return _JSON(e.body(), status_code=e.status, headers=e.headers)
-
-
-class _ApiKeyMiddleware:
-    """Requires ``Authorization: Bearer <key>`` on every path but ``/health`` (constant-time compare)."""
-
-    def __init__(self, app, api_key: str):
-        self.app = app
-        self._key = api_key.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            header = dict(scope["headers"]).get(b"authorization", b"")
-            scheme, _, token = header.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):
-                message = ("missing API key: send 'Authorization: Bearer <key>'" if not header
-                           else "incorrect API key")
-                response = _JSON(error_body(message, type="invalid_request_error", code="invalid_api_key"),
-                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-CLOSE = {"Connection": "close"}  # on answers sent before the body was read: the connection is not reused
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    too_big = APIError(413, f"the request body is larger than this server's limit of {limit} bytes",
-                       code="request_too_large", headers=CLOSE)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_big
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _disconnected(receive) -> None:
-    """Returns when the client has gone (the body has been read: the server's next message is
-    ``http.disconnect``, which arrives only when the connection closes)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-class _ClientLeft(Exception):
-    """The client disconnected before its answer was ready."""
-
-
-def _gone() -> Response:
-    return Response(status_code=499)  # nginx's "client closed request": logged, never received
-
-
-def _require_json(request: Request) -> None:
-    """415 for a POST whose body is not declared JSON (see :func:`.protocol.is_json_media_type`)."""
-    content_type = request.headers.get("content-type")
-    if not is_json_media_type(content_type):
-        got = f"got {shown(content_type)}" if content_type else "none was sent"
-        raise APIError(415, f"the request body must be JSON, sent with 'Content-Type: application/json' ({got})",
-                       code="unsupported_media_type", headers=CLOSE)
+WARMUP_WAIT_S = 2.0  # how long the startup waits for the warm-up decode before listening anyway
 
 
 class EmbeddingService:
@@ -152,6 +76,8 @@ class EmbeddingService:
                                     chunk_overlap=config.chunk_overlap)
         self.created = int(time.time())
         self.requests = 0
+        self.warm = threading.Event()  # set once the warm-up decode has run (or failed: then logged)
+        self.metrics = ServerMetrics(config.model_names[0], embedder, self.batcher, ready=lambda: self.status == "ok")
         self._aborted = asyncio.Event()  # set (on the event loop) when the shutdown's grace period ends
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -160,6 +86,29 @@ class EmbeddingService:
             with contextlib.suppress(RuntimeError):  # the loop has already closed
                 loop.call_soon_threadsafe(self._aborted.set)
         self.batcher.on_abort = wake
+
+    def warm_up(self) -> None:
+        """One decode of the one-token input ``<|endoftext|>``: the model's weights are paged in and
+        llama.cpp's compute buffers allocated before ``/health`` says ok (:meth:`Embedder.warm_up`: not
+        counted in the Embedder's stats, so they and the batcher's counters count only the clients' work)."""
+        e = self.embedder
+        start = time.perf_counter()
+        try:
+            e.warm_up()
+        except Exception:  # /health then reports what the requests will meet
+            log.exception("the warm-up decode failed")
+        else:
+            log.info("warm-up decode done in %.0f ms", (time.perf_counter() - start) * 1000)
+        finally:
+            self.warm.set()
+
+    @property
+    def status(self) -> str:
+        """``"ok"``, ``"loading"`` (the warm-up decode has not run yet) or ``"unavailable"``
+        (shutting down, or the model unloaded)."""
+        if self._unavailable() is not None:
+            return "unavailable"
+        return "ok" if self.warm.is_set() else "loading"
 
     def _busy(self, why: str) -> APIError:
         return APIError(429, f"the server is busy: {why}; retry shortly", type="rate_limit_error", code="queue_full",
@@ -223,8 +172,8 @@ class EmbeddingService:
             return waiter.result()
         job.cancelled = True
         waiter.cancel()  # cancels the job's future too if the worker has not taken it yet
-        log.info("client %s disconnected; its request (%d inputs) was cancelled",
-                 request.client.host if request.client else "?", len(job))
+        log.info("client %s disconnected; its request %s (%d inputs) was cancelled",
+                 request.client.host if request.client else "?", request.state.request_id, len(job))
         raise _ClientLeft
 
     async def _accepted_body(self, request: Request, *, queues: bool) -> bytes:
@@ -297,6 +246,7 @@ class EmbeddingService:
         vectors = await asyncio.to_thread(pending.complete, fresh, cacheable=cacheable) if store \
             else pending.complete(fresh)
         prompt_tokens = sum(n * len(rows) for n, rows in zip(result.n_tokens, pending.rows))
+        note_embedded(request, sum(len(rows) for rows in pending.rows), prompt_tokens)
         if vectors.size > 200_000:  # a large body is built and rendered off the event loop
             payload = await asyncio.to_thread(self._render, vectors, req, prompt_tokens)
             return Response(payload, media_type="application/json")
@@ -363,11 +313,16 @@ class EmbeddingService:
                                    code="model_not_found"))
         return _JSON(models_body([name], self.created)["data"][0])
 
+    async def metrics_text(self, request: Request) -> Response:
+        """``GET /metrics``: the Prometheus text format."""
+        return Response(self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
     async def health(self, request: Request) -> Response:
-        ok = self._unavailable() is None
+        status = self.status
+        ok = status == "ok"
         s = self.embedder.stats
         return _JSON({
-            "status": "ok" if ok else "unavailable",
+            "status": status,
             "model": self.config.model_names[0],
             "dim": self.embedder.dim,
             "queue_inputs": self.batcher.pending,
@@ -392,6 +347,10 @@ def create_app(embedder: Embedder, config: ServerConfig, *, close_embedder: bool
     async def lifespan(app):
         service.bind_loop(asyncio.get_running_loop())
         service.batcher.start()
+        threading.Thread(target=service.warm_up, name="qembed-warmup", daemon=True).start()
+        # a quick warm-up is waited for (nobody sees "loading"); a slow one (weights paged in from
+        # disk) is not: the server listens and /health says "loading" until it is done
+        await asyncio.to_thread(service.warm.wait, WARMUP_WAIT_S)
         log.info("serving %s (dim %d, max %d tokens per input) as %s", embedder.path.name, embedder.dim,
                  embedder.max_tokens, ", ".join(config.model_names))
         try:
@@ -412,15 +371,18 @@ def create_app(embedder: Embedder, config: ServerConfig, *, close_embedder: bool
         log.exception("unhandled error on %s", request.url.path)
         return _JSON(error_body(f"internal error: {type(exc).__name__}", type="server_error"), status_code=500)
 
-    middleware = []  # outermost first
+    # outermost first; AccessLog answers the app's unhandled exceptions (the 500) itself, so that
+    # answer too carries the request id and is counted
+    middleware = [Middleware(AccessLog, metrics=service.metrics, on_error=server_error)]
     if hosts is not None:
         middleware.append(Middleware(HostGuard, allowed=hosts))
     if config.cors_origins:  # preflights are answered here, before the API key is asked for
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
                                      allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"],
-                                     expose_headers=["retry-after"], max_age=600))
+                                     expose_headers=["retry-after", "x-request-id"], max_age=600))
     if config.api_key:
-        middleware.append(Middleware(_ApiKeyMiddleware, api_key=config.api_key))
+        open_paths = OPEN_PATHS - {"/metrics"} if config.metrics_need_key else OPEN_PATHS
+        middleware.append(Middleware(_ApiKeyMiddleware, api_key=config.api_key, open_paths=open_paths))
     app = Starlette(
         middleware=middleware,
         routes=[
@@ -429,10 +391,11 @@ def create_app(embedder: Embedder, config: ServerConfig, *, close_embedder: bool
             Route("/v1/models", service.models, methods=["GET"]),
             Route("/v1/models/{name:path}", service.model, methods=["GET"]),
             Route("/health", service.health, methods=["GET"]),
+            Route("/metrics", service.metrics_text, methods=["GET"]),
             Route("/tokenize", service.tokenize, methods=["POST"]),
             Route("/detokenize", service.detokenize, methods=["POST"]),
         ],
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
     app.state.service = service

@@ -1,13 +1,16 @@
 """Dynamic micro-batching: concurrent requests share decode calls.
 
-One worker thread owns all model work. Requests are queued as :class:`Job` s; each cycle the
-worker takes every queued job (up to ``max_batch_inputs`` inputs), tokenizes them, and runs all
-their inputs through :meth:`Embedder.pool`, which packs them into ``n_ubatch``-token decode
-calls. Sixteen one-line requests thus cost about one decode instead of sixteen. Each job's inputs
+One worker thread owns all model work. Requests are queued as :class:`Job` s; the worker admits
+every queued job (up to ``max_batch_inputs`` inputs at a time), tokenizes it, and then computes
+one decode call at a time: before each, the active jobs are ranked (fewest tokens left first,
+with aging) and the call is filled with their rows up to ``n_ubatch`` tokens
+(:mod:`.fairness`). Sixteen one-line requests thus cost about one decode instead of sixteen, and
+a lone query that arrives while a 2,000-input request is being embedded joins the next call
+instead of waiting for all of it. Each job's inputs
 are planned with its request's long-input policy first (:func:`qembed_gguf.longinputs.plan`): a
 chunked input decodes as several rows (its windows), which the app combines into one vector.
 
-The worker waits for more jobs (at most ``max_wait_s``) only while requests are still being
+When idle, the worker waits for more jobs (at most ``max_wait_s``) only while requests are still being
 received (:meth:`MicroBatcher.arriving`), so a lone client never pays the window.
 
 Admission is bounded: :meth:`MicroBatcher.submit` refuses a job when the inputs already waiting
@@ -35,9 +38,11 @@ import time
 
 import numpy as np
 
+from ..batching import plan_batches
 from ..embedder import Embedder
 from ..errors import InputError, QembedError
 from ..longinputs import Plan, plan as plan_long
+from .fairness import pick, priority
 from .protocol import tokens_as_decoded
 
 __all__ = ["Job", "JobResult", "MicroBatcher", "QueueFull", "ShuttingDown", "JobCancelled", "TooManyTokens"]
@@ -105,6 +110,32 @@ class Job:
 _STOP = object()
 
 
+@dataclasses.dataclass
+class _Active:
+    """A job being computed: its plan, the rows it decodes (``chosen``) packed into the decode calls
+    it would have alone (``calls``, each a list of rows; the next first), their pooled vectors so far,
+    and when it was admitted."""
+
+    job: Job
+    plan: Plan
+    chosen: Plan
+    decode: list[bool]
+    pooled: np.ndarray
+    calls: list[list[int]]
+    since: float
+    remaining: int = 0        # tokens of the calls still to make
+    cut_short: bool = False   # a row was skipped: the client left, or the grace period ended
+
+    def __post_init__(self):
+        self.remaining = sum(len(s) for s in self.chosen.sequences)
+
+    def next_tokens(self) -> int:
+        return sum(len(self.chosen.sequences[r]) for r in self.calls[0])
+
+    def result(self) -> "JobResult":
+        return JobResult(self.chosen, self.pooled, self.plan.n_tokens, self.plan.cut, self.decode)
+
+
 class MicroBatcher:
     """Runs jobs through an Embedder from one worker thread, batching concurrent jobs together."""
 
@@ -125,7 +156,8 @@ class MicroBatcher:
         self._abort_timer: threading.Timer | None = None
         self._thread: threading.Thread | None = None
         self.on_abort = None    # called (from a timer thread) when the grace period ends
-        self.cycles = 0         # worker cycles (each: one Embedder.pool call over all its jobs)
+        self.max_step_rows = 64  # rows in one decode call at most (llama.cpp sequences)
+        self.cycles = 0         # decode steps (each: one Embedder.pool call, normally one decode call)
         self.jobs_done = 0
         self.inputs_done = 0
         self.jobs_cancelled = 0  # jobs dropped or cut short: client gone, or the grace period over
@@ -222,11 +254,12 @@ class MicroBatcher:
         return thread is not None and thread.is_alive() and not self._stopping
 
     # -- worker -----------------------------------------------------------------------------------
-    def _collect(self, first: Job) -> tuple[list[Job], bool]:
-        """``first`` and the jobs queued behind it; jobs whose request was cancelled are dropped
-        (``set_running_or_notify_cancel``: a running future can no longer be cancelled)."""
-        jobs, n = ([first], len(first)) if self._claim(first) else ([], 0)
-        deadline = time.monotonic() + self.max_wait_s
+    def _collect(self, first: Job | None) -> tuple[list[Job], bool]:
+        """``first`` and the jobs queued behind it (waiting up to ``max_wait_s`` for requests still
+        arriving only when ``first`` is given: the worker was idle); jobs whose request was cancelled
+        are dropped (``set_running_or_notify_cancel``: a running future can no longer be cancelled)."""
+        jobs, n = ([first], len(first)) if first is not None and self._claim(first) else ([], 0)
+        deadline = time.monotonic() + (self.max_wait_s if first is not None else 0.0)
         stop = False
         while n < self.max_batch_inputs:
             try:
@@ -265,23 +298,97 @@ class MicroBatcher:
             self._pending -= n_inputs
 
     def _run(self) -> None:
+        """Admit queued jobs, then compute one decode call (:meth:`_step`), until stopped: a job that
+        arrives while others are being computed joins at the next call (:mod:`.fairness`)."""
+        active: list[_Active] = []
+        stopping = False
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            jobs, stop = self._collect(first)
-            try:
-                if jobs:
-                    self._process(jobs)
-            except BaseException as e:  # noqa: BLE001 - a failed cycle fails its jobs, not the server
-                log.exception("embedding batch failed")
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-            finally:
-                self._release(sum(len(j) for j in jobs))
-            if stop:  # every job queued before the marker has been processed
-                return
+            if active:
+                jobs, stop = self._collect(None)
+            else:
+                if stopping:
+                    return
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                jobs, stop = self._collect(first)
+            stopping = stopping or stop  # every job queued before the marker is finished first
+            for job in jobs:
+                self._admit(job, active)
+            if active:
+                try:
+                    self._step(active)
+                except BaseException as e:  # noqa: BLE001 - a failed call fails the jobs in it, not the server
+                    log.exception("embedding batch failed")
+                    for a in active:
+                        self._end(a.job, error=e)
+                    active.clear()
+
+    def _end(self, job: Job, *, result: "JobResult | None" = None, error: BaseException | None = None) -> None:
+        """A job leaves the worker: its future gets ``result`` or ``error``; its inputs leave the queue."""
+        if not job.future.done():
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
+                self.jobs_done += 1
+                self.inputs_done += len(job)
+        self._release(len(job))
+
+    def _admit(self, job: Job, active: list["_Active"]) -> None:
+        """Plan a claimed job (its errors are its own) and add it to the jobs being computed."""
+        if job.cancelled or self._aborted:
+            return self._end(job, error=self._cancel_error(job))
+        try:
+            plan, decode = self._prepare(job)
+            chosen = plan.select(decode)
+        except Exception as e:  # noqa: BLE001 - this job's problem only
+            return self._end(job, error=e)
+        e = self.embedder
+        calls = plan_batches([len(q) for q in chosen.sequences], budget=e.batch_tokens,
+                             max_seqs=self.max_step_rows) if chosen.sequences else []
+        a = _Active(job, plan, chosen, decode, np.empty((len(chosen.sequences), e.dim), np.float32), calls,
+                    time.monotonic())
+        if not a.calls:  # nothing to decode (all answered by the cache)
+            return self._end(job, result=a.result())
+        active.append(a)
+
+    def _step(self, active: list["_Active"]) -> None:
+        """One decode call: rows of the active jobs chosen by :func:`.fairness.pick`; finished jobs
+        get their result, cancelled ones their error, and leave ``active``."""
+        for a in [a for a in active if a.job.cancelled or self._aborted]:
+            active.remove(a)
+            self._end(a.job, error=self._cancel_error(a.job))
+        if not active:
+            return
+        now = time.monotonic()
+        chosen = pick([(priority(a.remaining, now - a.since), a.next_tokens(), len(a.calls[0])) for a in active],
+                      budget=self.embedder.batch_tokens, max_rows=self.max_step_rows)
+        picks = [(j, r) for j in chosen for r in active[j].calls[0]]
+        rows = [active[j].chosen.sequences[r] for j, r in picks]
+        skipped: dict[int, bool] = {}
+
+        def cancelled(i: int) -> bool:
+            # one answer per row, remembered: a client leaving after its rows were decoded changes nothing
+            if i not in skipped:
+                skipped[i] = active[picks[i][0]].job.cancelled or self._aborted
+            return skipped[i]
+
+        pooled = self.embedder.pool(rows, cancelled=cancelled)
+        self.cycles += 1
+        for k, (j, r) in enumerate(picks):
+            active[j].pooled[r] = pooled[k]
+            active[j].cut_short = active[j].cut_short or skipped.get(k, False)
+        for j in chosen:
+            a = active[j]
+            a.remaining -= a.next_tokens()
+            a.calls.pop(0)
+        for a in [a for a in active if a.cut_short or not a.calls]:
+            active.remove(a)
+            if a.cut_short:
+                self._end(a.job, error=self._cancel_error(a.job))
+            else:
+                self._end(a.job, result=a.result())
 
     def _prepare(self, job: Job) -> tuple[Plan, list[bool]]:
         """The plan of a job's inputs under its request's policy (``"error"`` raises
@@ -310,41 +417,3 @@ class MicroBatcher:
         if self._aborted and not job.cancelled:
             return ShuttingDown("the server is shutting down: its grace period ended before this request was computed")
         return JobCancelled("the request was cancelled (its client disconnected)")
-
-    def _process(self, jobs: list[Job]) -> None:
-        batch: list[list[int]] = []
-        owners: list[Job] = []    # the job of each row of batch
-        spans: list[tuple[Job, int, int, Plan, Plan, list[bool]]] = []
-        for job in jobs:
-            if job.cancelled or self._aborted:
-                job.future.set_exception(self._cancel_error(job))
-                continue
-            try:
-                plan, decode = self._prepare(job)
-                chosen = plan.select(decode)
-            except Exception as e:  # noqa: BLE001 - this job's problem only
-                job.future.set_exception(e)
-                continue
-            start = len(batch)
-            batch.extend(chosen.sequences)  # every window of every input to decode
-            owners.extend([job] * (len(batch) - start))
-            spans.append((job, start, len(batch), plan, chosen, decode))
-        skipped: dict[int, bool] = {}
-
-        def cancelled(i: int) -> bool:
-            # one answer per row, remembered: which jobs were cut short is read from it afterwards,
-            # and a client leaving after its rows were decoded must not change it
-            if i not in skipped:
-                skipped[i] = owners[i].cancelled or self._aborted
-            return skipped[i]
-
-        pooled = self.embedder.pool(batch, cancelled=cancelled) if batch \
-            else np.empty((0, self.embedder.dim), np.float32)
-        self.cycles += 1
-        for job, lo, hi, plan, chosen, decode in spans:
-            if any(skipped.get(i) for i in range(lo, hi)):
-                job.future.set_exception(self._cancel_error(job))
-                continue
-            job.future.set_result(JobResult(chosen, pooled[lo:hi], plan.n_tokens, plan.cut, decode))
-            self.jobs_done += 1
-            self.inputs_done += len(job)

@@ -25,6 +25,8 @@ class ServerConfig:
     does not say (``"error"``: 400; ``"truncate"``; ``"chunk"``; see :mod:`qembed_gguf.longinputs`).
     ``chunk_overlap``: tokens consecutive windows share, for every request under ``"chunk"``; it
     must be below ``max_tokens - 1``, which is checked against the model by :func:`.app.create_app`.
+
+    ``metrics_need_key``: ``/metrics`` asks for the API key too (by default it is open, as ``/health``).
     """
 
     model_names: tuple[str, ...]
@@ -39,6 +41,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     read_timeout_s: float = 30.0
     shutdown_timeout_s: float = 10.0
+    metrics_need_key: bool = False
 
     def __post_init__(self):
         if isinstance(self.model_names, str) or not self.model_names or not all(

@@ -67,6 +67,10 @@ def test_counters_move_by_exactly_the_requests_made(served):
     assert _value(after, "qembed_tokens_decoded_total") == e.stats.tokens_decoded
     assert _value(after, "qembed_batches_total") == httpx.get(url + "/health").json()["batches"]
     assert _value(after, "qembed_queue_inputs") == 0 and _value(after, "qembed_ready") == 1
+    # one observation per decode step, holding every sequence and token the model decoded
+    assert _value(after, "qembed_batch_inputs_count") == _value(after, "qembed_batches_total") > 0
+    assert _value(after, "qembed_batch_inputs_sum") == e.stats.sequences_decoded
+    assert _value(after, "qembed_batch_tokens_sum") == e.stats.tokens_decoded
     # the first scrape is counted by the second one (it was answered before the second began)
     assert moved("qembed_requests_total", status="200", endpoint="/metrics") == 1
     # an invented path cannot create series

@@ -156,6 +156,7 @@ class MicroBatcher:
         self._abort_timer: threading.Timer | None = None
         self._thread: threading.Thread | None = None
         self.on_abort = None    # called (from a timer thread) when the grace period ends
+        self.on_step = None     # called (from the worker) after each decode step with its rows and tokens
         self.max_step_rows = 64  # rows in one decode call at most (llama.cpp sequences)
         self.cycles = 0         # decode steps (each: one Embedder.pool call, normally one decode call)
         self.jobs_done = 0
@@ -376,6 +377,8 @@ class MicroBatcher:
 
         pooled = self.embedder.pool(rows, cancelled=cancelled)
         self.cycles += 1
+        if self.on_step is not None:
+            self.on_step(len(rows), sum(len(q) for q in rows))
         for k, (j, r) in enumerate(picks):
             active[j].pooled[r] = pooled[k]
             active[j].cut_short = active[j].cut_short or skipped.get(k, False)

@@ -31,6 +31,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # a request may take minutes (300,000 tokens at a few hundred tokens/s on a CPU)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 INPUT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 384, 512, 1024, 2048, 4096, 8192, 32768)
 
 ENDPOINTS = frozenset({"/v1/embeddings", "/embeddings", "/v1/models", "/health", "/metrics", "/tokenize",
                        "/detokenize"})
@@ -64,6 +65,11 @@ class ServerMetrics:
                               registry=r)
         self.request_inputs = Histogram("qembed_request_inputs", "Inputs per embeddings request answered",
                                         ("model",), buckets=INPUT_BUCKETS, registry=r)
+        self.batch_inputs = Histogram("qembed_batch_inputs", "Rows (inputs, or windows of chunked inputs) per decode "
+                                      "step of the worker", ("model",), buckets=INPUT_BUCKETS[:7], registry=r)
+        self.batch_tokens = Histogram("qembed_batch_tokens", "Tokens per decode step of the worker", ("model",),
+                                      buckets=TOKEN_BUCKETS, registry=r)
+        batcher.on_step = self.step_done
         self.inputs.labels(model)  # the series exist from the start, at 0
         self.tokens.labels(model)
         r.register(_WorkCollector(model, embedder, batcher, ready))
@@ -71,6 +77,11 @@ class ServerMetrics:
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(self.model, endpoint, str(status)).inc()
         self.duration.labels(self.model, endpoint).observe(seconds)
+
+    def step_done(self, n_rows: int, n_tokens: int) -> None:
+        """One decode step of the batcher's worker (called from its thread)."""
+        self.batch_inputs.labels(self.model).observe(n_rows)
+        self.batch_tokens.labels(self.model).observe(n_tokens)
 
     def embedded(self, n_inputs: int, n_tokens: int) -> None:
         self.inputs.labels(self.model).inc(n_inputs)

@@ -27,8 +27,7 @@ from typing import IO, TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .errors import InputError
-from .longinputs import max_overlap
-from .validate import check_int
+from .chunks import check_chunking
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embedder import Embedder
@@ -46,9 +45,7 @@ def check_chunk_settings(chunk_tokens: int | None, overlap: int) -> None:
         if overlap:
             raise InputError(f"overlap={overlap!r} applies to chunk_tokens (a chunk job); a plain job has no chunks")
         return
-    check_int("chunk_tokens", chunk_tokens, lo=2)
-    check_int("overlap", overlap, lo=0, hi=max_overlap(chunk_tokens),
-              why=f"half of the {chunk_tokens - 1} text tokens of a chunk of {chunk_tokens}")
+    check_chunking(chunk_tokens, overlap, max_tokens=None)
 
 
 def probe(e: "Embedder", settings: "JobSettings", instruction: str | None) -> None:

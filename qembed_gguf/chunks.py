@@ -168,9 +168,9 @@ def _token_bounds(nfc: str, lengths: Sequence[int]) -> tuple[list[int | None], l
 
 
 # -- embedding -----------------------------------------------------------------------------------------
-def check_chunking(chunk_tokens: int, overlap: int, *, max_tokens: int) -> None:
-    """``chunk_tokens`` in ``[2, max_tokens]``, ``overlap`` in ``[0, max_overlap(chunk_tokens)]`` (half of
-    a chunk's content tokens), else InputError."""
+def check_chunking(chunk_tokens: int, overlap: int, *, max_tokens: int | None) -> None:
+    """``chunk_tokens`` in ``[2, max_tokens]`` (``max_tokens`` None: not known yet, no upper bound),
+    ``overlap`` in ``[0, max_overlap(chunk_tokens)]`` (half of a chunk's content tokens), else InputError."""
     check_int("chunk_tokens", chunk_tokens, lo=2, hi=max_tokens, why="this Embedder's max_tokens")
     check_int("overlap", overlap, lo=0, hi=max_overlap(chunk_tokens),
               why=f"half of the {chunk_tokens - 1} text tokens of a chunk of {chunk_tokens}")

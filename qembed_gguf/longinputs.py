@@ -29,7 +29,8 @@ from .errors import InputError
 from .postprocess import l2_normalize, truncate_dim
 from .validate import fit_sequences
 
-__all__ = ["LONG_INPUTS", "Plan", "check_policy", "max_overlap", "resolve_policy", "plan", "window_spans"]
+__all__ = ["LONG_INPUTS", "Plan", "check_policy", "max_overlap", "resolve_policy", "plan", "tokens_as_decoded",
+           "window_spans"]
 
 LONG_INPUTS = ("truncate", "error", "chunk")
 
@@ -82,6 +83,21 @@ def window_spans(n: int, window: int, overlap: int) -> list[tuple[int, int]]:
         if end >= n:
             return spans
         start = end - overlap
+
+
+def tokens_as_decoded(n: int, *, max_tokens: int, long_inputs: str, overlap: int) -> int:
+    """Tokens an input of ``n`` tokens (pooling token included) costs as decoded under
+    ``long_inputs``: ``n`` if it fits (or under ``"error"``, which refuses it), ``max_tokens`` if
+    truncated, every window's tokens (pooling tokens included) if chunked — as
+    :func:`plan` counts them, in constant time (an overlap near the window
+    makes a window per token: counting them must not cost that)."""
+    if n <= max_tokens or long_inputs == "error":
+        return n
+    if long_inputs == "truncate":
+        return max_tokens
+    content, window = n - 1, max_tokens - 1  # consecutive windows share exactly `overlap` tokens
+    windows = 1 + -(-(content - window) // (window - overlap))
+    return content + (windows - 1) * overlap + windows
 
 
 @dataclasses.dataclass(frozen=True)

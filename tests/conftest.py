@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +18,14 @@ from qembed_gguf import registry
 from qembed_gguf.synthetic import SHAPES, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: Path, name: str):
+    """A script of the repository (a benchmark, a tool) imported as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 SDIST_CACHE = ROOT / ".cache" / "llama-cpp-python-sdist"
 
 # The multilingual probe set of the issue: English, Chinese, Japanese, Korean, Russian, code,

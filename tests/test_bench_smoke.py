@@ -3,7 +3,6 @@ workload, the report and the plot) on the bundled tiny model, so it cannot rot b
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "embed_bench.py"
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("embed_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH, "embed_bench")
 
 
 def test_workload_texts_have_the_requested_token_counts(tiny_dir):

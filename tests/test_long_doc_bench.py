@@ -4,22 +4,17 @@ document is what it says."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
-from pathlib import Path
+from conftest import ROOT, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "long_doc_bench.py"
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("long_doc_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH, "long_doc_bench")
 
 
 def test_document_has_the_requested_tokens_and_paragraphs(tiny_dir):

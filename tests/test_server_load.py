@@ -4,7 +4,6 @@ input. Throughput (16 clients vs 1) is measured by benchmarks/serve_bench.py, no
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 
@@ -12,15 +11,12 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 from qembed_gguf import Embedder
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("serve_bench", ROOT / "benchmarks" / "serve_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "serve_bench.py", "serve_bench")
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from qembed_gguf import Embedder
 from qembed_gguf.longinputs import plan
 from qembed_gguf.server import Limits, ServerConfig
 from qembed_gguf.server.batcher import Job, JobCancelled, MicroBatcher
-from qembed_gguf.server.protocol import tokens_as_decoded
+from qembed_gguf.longinputs import tokens_as_decoded
 
 from test_server_hostile import _SteppingModel
 

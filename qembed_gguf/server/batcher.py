@@ -43,7 +43,6 @@ from ..embedder import Embedder
 from ..errors import InputError, QembedError
 from ..longinputs import Plan, plan as plan_long
 from .fairness import pick, priority
-from .protocol import tokens_as_decoded
 
 __all__ = ["Job", "JobResult", "MicroBatcher", "QueueFull", "ShuttingDown", "JobCancelled", "TooManyTokens"]
 
@@ -398,20 +397,13 @@ class MicroBatcher:
         :class:`InputTooLongError` naming the request's input) and which inputs to decode."""
         e = self.embedder
         seqs = e.prepare_texts(job.texts) if job.texts is not None else e.prepare_tokens(job.tokens)
-
-        def planned() -> Plan:
-            return plan_long(seqs, limit=e.max_tokens, eos=e.pooling_token_id, long_inputs=job.long_inputs,
-                             overlap=self.chunk_overlap, rows=job.rows)
-
-        plan = planned() if job.long_inputs != "chunk" else None  # cheap; "error" refuses here
-        if self.max_request_tokens is not None:  # every input of the request counts, repeats too
-            counts = plan.n_tokens if plan is not None else [
-                tokens_as_decoded(len(s), max_tokens=e.max_tokens, long_inputs="chunk", overlap=self.chunk_overlap)
-                for s in seqs]  # counted before a window is built: an overlap near max_tokens multiplies them
-            total = sum(n * (len(job.rows[k]) if job.rows is not None else 1) for k, n in enumerate(counts))
+        # "error" refuses here; windows cost at most about twice an input's tokens (overlaps are at most half)
+        plan = plan_long(seqs, limit=e.max_tokens, eos=e.pooling_token_id, long_inputs=job.long_inputs,
+                         overlap=self.chunk_overlap, rows=job.rows)
+        if self.max_request_tokens is not None:  # every input of the request counts as decoded, repeats too
+            total = sum(n * (len(job.rows[k]) if job.rows is not None else 1) for k, n in enumerate(plan.n_tokens))
             if total > self.max_request_tokens:
                 raise TooManyTokens(total, self.max_request_tokens)
-        plan = plan or planned()
         decode = [d or (c and not job.cut_hits_valid) for d, c in zip(job.decode, plan.cut)]
         return plan, decode
 

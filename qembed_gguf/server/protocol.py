@@ -36,10 +36,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..longinputs import LONG_INPUTS
+from ..longinputs import tokens_as_decoded
 from ..validate import MAX_MARK_RUN, long_mark_run, lone_surrogate
 
 __all__ = ["APIError", "Limits", "EmbeddingRequest", "parse_embedding_request", "parse_tokenize_request",
-           "parse_detokenize_request", "encode_vector", "tokens_as_decoded", "input_too_long",
+           "parse_detokenize_request", "encode_vector", "input_too_long",
            "embeddings_body", "models_body", "error_body", "shown", "json_depth", "is_json_media_type",
            "MAX_JSON_DEPTH", "ECHO_CHARS"]
 
@@ -262,21 +263,6 @@ def _refuse_constants(constants: list[_Constant]) -> None:
     if constants:  # somewhere validation does not look (e.g. "user")
         raise APIError(400, f"the request body is not valid JSON: it holds {constants[0].name}, which JSON does not "
                             f"have (NaN and Infinity are JavaScript, not JSON)", code="invalid_json")
-
-
-def tokens_as_decoded(n: int, *, max_tokens: int, long_inputs: str, overlap: int) -> int:
-    """Tokens an input of ``n`` tokens (pooling token included) costs as decoded under
-    ``long_inputs``: ``n`` if it fits (or under ``"error"``, which refuses it), ``max_tokens`` if
-    truncated, every window's tokens (pooling tokens included) if chunked — as
-    :func:`qembed_gguf.longinputs.plan` counts them, in constant time (an overlap near the window
-    makes a window per token: counting them must not cost that)."""
-    if n <= max_tokens or long_inputs == "error":
-        return n
-    if long_inputs == "truncate":
-        return max_tokens
-    content, window = n - 1, max_tokens - 1  # consecutive windows share exactly `overlap` tokens
-    windows = 1 + -(-(content - window) // (window - overlap))
-    return content + (windows - 1) * overlap + windows
 
 
 def input_too_long(index: int, n_tokens: int, limit: int) -> APIError:

@@ -58,9 +58,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m qembed_gguf serve MODEL`` on a free loopback port, stopped on exit."""
+    """``python -m qembed_gguf serve MODEL...`` (one path, or a list of them) on a free loopback
+    port, stopped on exit."""
 
-    def __init__(self, model: str, args: list[str] = (), *, env: dict | None = None, cwd: str | None = None,
+    def __init__(self, model: str | list[str], args: list[str] = (), *, env: dict | None = None, cwd: str | None = None,
                  timeout: float = 120.0):
         import httpx
 
@@ -68,7 +69,8 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qembed_gguf", "serve", model, "--port", str(self.port), *args],
+            [sys.executable, "-m", "qembed_gguf", "serve", *([model] if isinstance(model, str) else model),
+             "--port", str(self.port), *args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd or tempfile.gettempdir())
         deadline = time.monotonic() + timeout
         while True:

@@ -23,8 +23,10 @@ import sys
 from pathlib import Path
 from typing import Iterable, Mapping
 
-__all__ = ["usable_cpus", "BackendDevice", "NvidiaGpu", "Toolchain", "Diagnosis", "backend_devices", "gpu_free_bytes",
-           "gpu_offload_supported", "nvidia_gpus", "cpu_features", "toolchain", "recommend_preset", "diagnose"]
+from .errors import InputError
+
+__all__ = ["usable_cpus", "split_threads", "CPU_SHARING", "BackendDevice", "NvidiaGpu", "Toolchain", "Diagnosis",
+           "backend_devices", "gpu_free_bytes", "gpu_offload_supported", "nvidia_gpus", "cpu_features", "toolchain", "recommend_preset", "diagnose"]
 
 log = logging.getLogger(__name__)
 
@@ -293,3 +295,17 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+CPU_SHARING = ("split", "time")  # how the models of one server share the CPU (qembed_gguf.server.cpu)
+
+
+def split_threads(total: int, n_models: int) -> list[int]:
+    """``total`` CPU threads shared out among ``n_models`` models, as evenly as possible (the first
+    ones get the remainder), each at least 1 (more models than threads: each gets 1)."""
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise InputError(f"the thread count to split must be an integer >= 1, got {total!r}")
+    if isinstance(n_models, bool) or not isinstance(n_models, int) or n_models < 1:
+        raise InputError(f"the number of models must be an integer >= 1, got {n_models!r}")
+    base, extra = divmod(total, n_models)
+    return [max(1, base + (k < extra)) for k in range(n_models)]

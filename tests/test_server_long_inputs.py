@@ -227,7 +227,7 @@ def test_configuration_is_checked(live_app, path):
         ServerConfig(model_names=("tiny",), long_inputs="split")
     with pytest.raises(ValueError, match="chunk_overlap must be an integer >= 0"):
         ServerConfig(model_names=("tiny",), chunk_overlap=-1)
-    with _embedder(path) as e, pytest.raises(ValueError, match=r"max_tokens=32: chunk_overlap must be .*\[0, 15\]"):
+    with _embedder(path) as e, pytest.raises(ValueError, match=r"max_tokens=32\): chunk_overlap must be .*\[0, 15\]"):
         live_app(e, ServerConfig(model_names=("tiny",), chunk_overlap=31))
 
 

@@ -55,10 +55,13 @@ def test_counters_move_by_exactly_the_requests_made(served):
     emb = {"endpoint": "/v1/embeddings"}
     assert moved("qembed_requests_total", status="200", **emb) == 3  # aliases count under the first id
     assert moved("qembed_requests_total", status="400", **emb) == 1
-    assert moved("qembed_requests_total", status="401", **emb) == 1
+    # a request refused before it named a served model counts under model=""
+    assert moved("qembed_requests_total", status="401", **emb) == 0
+    assert moved("qembed_requests_total", model="", status="401", **emb) == 1
     assert moved("qembed_inputs_total") == 7
     assert moved("qembed_tokens_total") == sum(usage)
-    assert moved("qembed_request_duration_seconds_count", **emb) == 5
+    assert moved("qembed_request_duration_seconds_count", **emb) == 4
+    assert moved("qembed_request_duration_seconds_count", model="", **emb) == 1
     assert moved("qembed_request_inputs_count") == 3 and moved("qembed_request_inputs_sum") == 7
     assert moved("qembed_request_inputs_bucket", le="2.0") == 2  # 2 inputs and 1 input; not the 4
     # the model's work is the Embedder's own count
@@ -72,10 +75,10 @@ def test_counters_move_by_exactly_the_requests_made(served):
     assert _value(after, "qembed_batch_inputs_sum") == e.stats.sequences_decoded
     assert _value(after, "qembed_batch_tokens_sum") == e.stats.tokens_decoded
     # the first scrape is counted by the second one (it was answered before the second began)
-    assert moved("qembed_requests_total", status="200", endpoint="/metrics") == 1
+    assert moved("qembed_requests_total", model="", status="200", endpoint="/metrics") == 1
     # an invented path cannot create series
     httpx.get(url + "/no/such/path-" + "x" * 50, headers={"Authorization": f"Bearer {KEY}"})
-    assert _value(_scrape(url), "qembed_requests_total", status="404", endpoint="other") == 1
+    assert _value(_scrape(url), "qembed_requests_total", model="", status="404", endpoint="other") == 1
 
 
 def test_cache_counters(live_app, tmp_path):

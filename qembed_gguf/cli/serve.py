@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
+from ..devices import CPU_SHARING
 from ._common import device_options, library_errors, long_input_options, main, setup_logging
 
 log = logging.getLogger(__name__)
 
 
 @main.command()
-@click.argument("model")
+@click.argument("models", metavar="MODEL...", nargs=-1, required=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--api-key", envvar="QEMBED_API_KEY", default=None,
               help="Require 'Authorization: Bearer KEY' (env QEMBED_API_KEY).")
 @click.option("--model-name", "model_names", multiple=True,
-              help="Model id clients send as 'model' (repeatable; default: the MODEL argument, or a file's stem).")
+              help="Model id clients send as 'model' (repeatable; default: the MODEL argument, or a file's stem). "
+                   "One MODEL: every name is an id of it. Several: one name per MODEL, in order.")
+@click.option("--cpu-sharing", type=click.Choice(CPU_SHARING), default="split", show_default=True,
+              help="Several models: split the threads among them (they decode at once), or give each all the "
+                   "threads and let their decode calls take turns (time).")
 @click.option("--cache", "cache_spec", default=None, envvar="QEMBED_SERVE_CACHE",
               help="Vector cache: sqlite:///path.db, a .db path, redis://host:6379/0, or memory.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Longest input in tokens.")
@@ -51,26 +57,29 @@ log = logging.getLogger(__name__)
 @device_options
 @click.pass_context
 @library_errors
-def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, long_inputs, chunk_overlap, truncate,
+def serve(ctx, models, host, port, api_key, model_names, cpu_sharing, cache_spec, max_tokens, long_inputs, chunk_overlap, truncate,
           max_inputs, max_body_mb, max_queue, max_request_tokens, batch_wait_ms, allowed_hosts, cors_origins,
           read_timeout, shutdown_timeout, metrics_need_key, flash_attn, threads, n_gpu_layers, vram):
-    """Serve MODEL as an OpenAI-compatible embeddings API (/v1/embeddings, /v1/models, /health, /metrics).
+    """Serve each MODEL as an OpenAI-compatible embeddings API (/v1/embeddings, /v1/models, /health, /metrics).
 
     \b
     Example:
       qembed-gguf serve Qwen3-Embedding-0.6B-Q8_0.gguf --port 8000
       curl localhost:8000/v1/embeddings -H 'content-type: application/json' \\
            -d '{"model": "Qwen3-Embedding-0.6B-Q8_0", "input": ["hello"], "dimensions": 256}'
+      qembed-gguf serve 0.6B.gguf 4B.gguf --model-name query --model-name docs
+
+    Several models: each has its own worker and queue, and requests go to the one their "model"
+    names; the other options apply to each.
 
     --long-inputs is the default of the request field "long_inputs", which a request may change;
     --chunk-overlap applies to every request that chunks.
     """
-    from pathlib import Path
-
     try:
-        from ..server import Limits, ServerConfig, ServerStartError, run
+        from ..server import Limits, ServedModel, ServerConfig, ServerStartError, run
     except ImportError as e:
         raise click.ClickException(str(e)) from None
+    from ..devices import split_threads, usable_cpus
     from ..embedder import Embedder
 
     setup_logging(ctx.obj["verbose"], quiet=False)
@@ -80,24 +89,61 @@ def serve(ctx, model, host, port, api_key, model_names, cache_spec, max_tokens, 
                                    f"--long-inputs {long_inputs}")
         log.warning("--truncate is deprecated: use --long-inputs truncate")
         long_inputs = "truncate"
-    names = tuple(model_names) or (Path(model).stem if model.endswith(".gguf") else model,)
-    try:  # the configuration is checked before the model loads
-        config = ServerConfig(model_names=names, api_key=api_key or None, long_inputs=long_inputs,
-                              chunk_overlap=chunk_overlap,
+    names = _model_names(models, model_names)
+    try:  # the configuration is checked before the models load
+        config = ServerConfig(model_names=names[0] if len(models) == 1 else (), api_key=api_key or None,
+                              long_inputs=long_inputs, chunk_overlap=chunk_overlap,
                               limits=Limits(max_inputs=max_inputs, max_body_bytes=int(max_body_mb * (1 << 20)),
                                             max_request_tokens=max_request_tokens),
                               max_wait_ms=batch_wait_ms, max_queue_inputs=max_queue, allowed_hosts=allowed_hosts,
                               cors_origins=cors_origins, read_timeout_s=read_timeout,
-                              shutdown_timeout_s=shutdown_timeout, metrics_need_key=metrics_need_key)
+                              shutdown_timeout_s=shutdown_timeout, metrics_need_key=metrics_need_key,
+                              cpu_sharing=cpu_sharing)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    if len(models) > 1 and cpu_sharing == "split":
+        threads_each = split_threads(threads or usable_cpus(), len(models))
+        log.info("%d models share %d CPU threads: %s each", len(models), sum(threads_each),
+                 "/".join(map(str, threads_each)))
+    else:
+        threads_each = [threads] * len(models)
     # the Embedder's policy names the cache's key: requests under it may cache vectors of over-long
     # inputs. "error" caches none, so an "error" server's Embedder truncates, as before (the keys of
     # existing caches unchanged, and requests that send "truncate" are cached)
-    embedder = Embedder(model, n_threads=threads, n_gpu_layers=n_gpu_layers, vram_budget=vram,
-                        max_tokens=max_tokens, flash_attn=flash_attn, cache=cache_spec,
-                        long_inputs="chunk" if long_inputs == "chunk" else "truncate", chunk_overlap=chunk_overlap)
+    served = []
     try:
-        run(embedder, config, host=host, port=port, log_level="debug" if ctx.obj["verbose"] > 1 else "info")
+        for path, ids, n_threads in zip(models, names, threads_each):
+            embedder = Embedder(path, n_threads=n_threads, n_gpu_layers=n_gpu_layers, vram_budget=vram,
+                                max_tokens=max_tokens, flash_attn=flash_attn, cache=cache_spec,
+                                long_inputs="chunk" if long_inputs == "chunk" else "truncate",
+                                chunk_overlap=chunk_overlap)
+            served.append(ServedModel(embedder, ids))
+    except BaseException:
+        for m in served:
+            m.embedder.close()
+        raise
+    try:
+        run(served[0].embedder if len(served) == 1 else served, config, host=host, port=port,
+            log_level="debug" if ctx.obj["verbose"] > 1 else "info")
     except ServerStartError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _default_name(model: str) -> str:
+    return Path(model).stem if model.endswith(".gguf") else model
+
+
+def _model_names(models: tuple[str, ...], given: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Each MODEL's ids: with one MODEL, every ``--model-name`` (default: its name); with several,
+    one ``--model-name`` per MODEL in order, or none (each its file's stem, or the name given)."""
+    if len(models) == 1:
+        return [tuple(given) or (_default_name(models[0]),)]
+    if given and len(given) != len(models):
+        raise click.UsageError(f"{len(models)} models take one --model-name each (in order) or none; "
+                               f"got {len(given)}")
+    names = [(n,) for n in given] if given else [(_default_name(m),) for m in models]
+    flat = [n for (n,) in names]
+    twice = sorted({n for n in flat if flat.count(n) > 1})
+    if twice:
+        raise click.UsageError(f"two models would both be called {twice[0]!r}: give each its own --model-name")
+    return names

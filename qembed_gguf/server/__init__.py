@@ -6,11 +6,16 @@
     from qembed_gguf.server import ServerConfig, create_app, run
 
     run(Embedder("model.gguf"), ServerConfig(model_names=("qwen3-embedding",)), host="127.0.0.1", port=8000)
+
+    # several models, each with its own worker and queue, routed by the request's "model"
+    run([ServedModel(Embedder("0.6b.gguf", n_threads=4), ("small",)),
+         ServedModel(Embedder("4b.gguf", n_threads=4), ("large",))], ServerConfig())
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 try:
     import prometheus_client  # noqa: F401
@@ -21,12 +26,13 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from ..embedder import Embedder
 from ..errors import BackendError
-from .app import create_app
-from .config import ServerConfig
+from .app import create_app, served_models
+from .config import ServedModel, ServerConfig
+from .cpu import CPU_SHARING, split_threads
 from .protocol import APIError, Limits
 from .security import is_loopback
 
-__all__ = ["ServerConfig", "Limits", "APIError", "ServerStartError", "create_app", "run", "is_loopback"]
+__all__ = ["ServerConfig", "ServedModel", "CPU_SHARING", "split_threads", "Limits", "APIError", "ServerStartError", "create_app", "run", "is_loopback"]
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +56,29 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def run(embedder: Embedder, config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8000,
-        log_level: str = "info") -> None:
-    """Serve until interrupted. Ctrl-C / SIGTERM: new requests are refused; accepted ones may
-    finish for ``config.shutdown_timeout_s`` seconds, the rest get 503; the worker stops after its
-    current decode call, the model is freed and the function returns."""
+def run(models: "Embedder | Sequence[ServedModel]", config: ServerConfig, *, host: str = "127.0.0.1",
+        port: int = 8000, log_level: str = "info") -> None:
+    """Serve one Embedder or several :class:`ServedModel` s until interrupted. Ctrl-C / SIGTERM: new
+    requests are refused; accepted ones may finish for ``config.shutdown_timeout_s`` seconds, the
+    rest get 503; each worker stops after its current decode call, the models are freed and the
+    function returns."""
     if not is_loopback(host) and not config.api_key:
         log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
                     "(set --api-key or QEMBED_API_KEY)", host)
-    app = create_app(embedder, config, close_embedder=True, bind_host=host)
-    batcher = app.state.service.batcher
+    embedders = [m.embedder for m in served_models(models, config)]
+    try:
+        app = create_app(models, config, close_embedder=True, bind_host=host)
+    except BaseException:
+        for e in embedders:
+            e.close()
+        raise
+    server_state = app.state.server
     grace = config.shutdown_timeout_s
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
                                     timeout_graceful_shutdown=grace + BACKSTOP_S),
-                     on_shutdown=lambda: batcher.shutdown(grace))
+                     on_shutdown=lambda: server_state.shutdown(grace))
     server.run()
     if not server.started:
-        embedder.close()
+        for e in embedders:
+            e.close()
         raise ServerStartError(f"the server did not start on {host}:{port} (see the log above)")

@@ -5,11 +5,11 @@ A request keeps the client's ``X-Request-Id`` when it is 1-128 printable ASCII c
 spaces (it is written into logs and echoed in a header: nothing else is), else it gets a new
 ``uuid4().hex``. One line per request goes to the ``qembed_gguf.access`` logger at INFO::
 
-    POST /v1/embeddings 200 12.3ms id=4f0c... client=127.0.0.1 inputs=3 tokens=27
+    POST /v1/embeddings 200 12.3ms id=4f0c... client=127.0.0.1 model=qwen3-0.6b inputs=3 tokens=27
 
 with the same fields as attributes of the record (``request_id``, ``method``, ``path``, ``status``,
-``latency_ms``, ``inputs``, ``tokens``) for structured handlers. A handler reports what it embedded
-with :func:`note_embedded`.
+``latency_ms``, ``inputs``, ``tokens``, ``model``) for structured handlers. A handler reports what
+it embedded with :func:`note_embedded`, and the model it routed the request to with :func:`note_model`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from starlette.requests import Request
 
 from .metrics import ServerMetrics, endpoint_label
 
-__all__ = ["REQUEST_ID_HEADER", "AccessLog", "note_embedded", "request_id"]
+__all__ = ["REQUEST_ID_HEADER", "AccessLog", "note_embedded", "note_model", "request_id"]
 
 access_log = logging.getLogger("qembed_gguf.access")
 
@@ -42,6 +42,11 @@ def request_id(sent: bytes | None) -> str:
 def note_embedded(request: Request, n_inputs: int, n_tokens: int) -> None:
     """Record, for the access log and the metrics, what a successful request embedded."""
     request.state.qembed_embedded = (n_inputs, n_tokens)
+
+
+def note_model(request: Request, model: str) -> None:
+    """Record the served model (its first id) a request was routed to: its metrics' ``model`` label."""
+    request.state.qembed_model = model
 
 
 def _logged_path(scope) -> str:
@@ -81,12 +86,13 @@ class AccessLog:
             done.append(True)
             seconds = time.perf_counter() - start
             code = status[0] if status else 500
-            self.metrics.request_done(endpoint_label(scope["path"]), code, seconds)
+            model = state.get("qembed_model", "")
+            self.metrics.request_done(model, endpoint_label(scope["path"]), code, seconds)
             embedded = state.get("qembed_embedded")
             if embedded is not None and code == 200:
-                self.metrics.embedded(*embedded)
+                self.metrics.embedded(model, *embedded)
             if access_log.isEnabledFor(logging.INFO):
-                self._log(scope, rid, code, seconds, embedded)
+                self._log(scope, rid, code, seconds, embedded, model)
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
@@ -107,7 +113,7 @@ class AccessLog:
             finish()
 
     @staticmethod
-    def _log(scope, rid: str, status: int, seconds: float, embedded) -> None:
+    def _log(scope, rid: str, status: int, seconds: float, embedded, model: str) -> None:
         method = scope["method"][:16]
         path = _logged_path(scope)
         client = scope.get("client")
@@ -115,9 +121,9 @@ class AccessLog:
         ms = seconds * 1000
         n_inputs, n_tokens = embedded if embedded is not None else (None, None)
         extra = {"request_id": rid, "method": method, "path": path, "status": status, "latency_ms": round(ms, 3),
-                 "inputs": n_inputs, "tokens": n_tokens}
+                 "inputs": n_inputs, "tokens": n_tokens, "model": model or None}
         if embedded is None:
             access_log.info("%s %s %d %.1fms id=%s client=%s", method, path, status, ms, rid, host, extra=extra)
         else:
-            access_log.info("%s %s %d %.1fms id=%s client=%s inputs=%d tokens=%d", method, path, status, ms, rid,
-                            host, n_inputs, n_tokens, extra=extra)
+            access_log.info("%s %s %d %.1fms id=%s client=%s model=%s inputs=%d tokens=%d", method, path, status, ms,
+                            rid, host, model, n_inputs, n_tokens, extra=extra)

@@ -139,8 +139,12 @@ class MicroBatcher:
     """Runs jobs through an Embedder from one worker thread, batching concurrent jobs together."""
 
     def __init__(self, embedder: Embedder, *, max_wait_s: float = 0.005, max_batch_inputs: int = 512,
-                 max_queue_inputs: int = 8192, max_request_tokens: int | None = None, chunk_overlap: int = 0):
+                 max_queue_inputs: int = 8192, max_request_tokens: int | None = None, chunk_overlap: int = 0,
+                 decode_turn=None):
         self.embedder = embedder
+        # a context manager held around each decode step: the models of one server taking turns
+        # on the CPU (:class:`.cpu.TakeTurns`); None: this worker decodes whenever it is ready
+        self.decode_turn = decode_turn
         self.chunk_overlap = chunk_overlap  # windows' overlap under "chunk", the server's
         self.max_wait_s = max_wait_s
         self.max_batch_inputs = max_batch_inputs
@@ -374,7 +378,11 @@ class MicroBatcher:
                 skipped[i] = active[picks[i][0]].job.cancelled or self._aborted
             return skipped[i]
 
-        pooled = self.embedder.pool(rows, cancelled=cancelled)
+        if self.decode_turn is None:
+            pooled = self.embedder.pool(rows, cancelled=cancelled)
+        else:
+            with self.decode_turn:
+                pooled = self.embedder.pool(rows, cancelled=cancelled)
         self.cycles += 1
         if self.on_step is not None:
             self.on_step(len(rows), sum(len(q) for q in rows))

@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..longinputs import LONG_INPUTS
+from .cpu import CPU_SHARING
 from .protocol import Limits
 
-__all__ = ["ServerConfig"]
+if TYPE_CHECKING:
+    from ..embedder import Embedder
+
+__all__ = ["ServedModel", "ServerConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedModel:
+    """One model of a server of several: its Embedder and the ids clients send as ``model`` for it
+    (the first is its name in ``/health`` and the metrics; the others are aliases)."""
+
+    embedder: "Embedder"
+    names: tuple[str, ...]
+
+    def __post_init__(self):
+        if isinstance(self.names, str) or not self.names or not all(isinstance(n, str) and n for n in self.names):
+            raise InputError(f"ServedModel.names must be a non-empty tuple of non-empty strings, got {self.names!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
-    """How the server answers. ``model_names``: the ids clients may send as ``model``.
+    """How the server answers. ``model_names``: the ids clients may send as ``model`` when the
+    server has one model (``create_app(embedder, config)``); a server of several models takes
+    each model's ids from its :class:`~.app.ServedModel` instead, and this stays empty.
 
     ``allowed_hosts``: the ``Host`` names answered (any port; ``"*"``: any); empty: the policy of
     :func:`.security.allowed_hosts` for the bind address (loopback names only when it is loopback
@@ -27,9 +47,14 @@ class ServerConfig:
     must be below ``max_tokens - 1``, which is checked against the model by :func:`.app.create_app`.
 
     ``metrics_need_key``: ``/metrics`` asks for the API key too (by default it is open, as ``/health``).
+
+    ``cpu_sharing``: how several models share the CPU (:mod:`.cpu`): ``"split"``, they decode at
+    once, each on its own threads (the caller gives each Embedder its share: ``qembed-gguf serve``
+    does); ``"time"``, their decode calls take turns. The limits, the queue bound and the batching
+    settings apply to each model on its own.
     """
 
-    model_names: tuple[str, ...]
+    model_names: tuple[str, ...] = ()
     api_key: str | None = None
     limits: Limits = Limits()
     long_inputs: str = "error"        # default of the request's "long_inputs" field
@@ -42,11 +67,14 @@ class ServerConfig:
     read_timeout_s: float = 30.0
     shutdown_timeout_s: float = 10.0
     metrics_need_key: bool = False
+    cpu_sharing: str = "split"
 
     def __post_init__(self):
-        if isinstance(self.model_names, str) or not self.model_names or not all(
-                isinstance(n, str) and n for n in self.model_names):
-            raise InputError(f"model_names must be a non-empty tuple of non-empty strings, got {self.model_names!r}")
+        if isinstance(self.model_names, str) or not all(isinstance(n, str) and n for n in self.model_names):
+            raise InputError(f"model_names must be a tuple of non-empty strings, got {self.model_names!r}")
+        if self.cpu_sharing not in CPU_SHARING:
+            raise InputError(f"cpu_sharing must be one of {', '.join(map(repr, CPU_SHARING))}, "
+                             f"got {self.cpu_sharing!r}")
         for name in ("allowed_hosts", "cors_origins"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(v, str) and v.strip() for v in value):

@@ -1,7 +1,9 @@
 """Prometheus metrics of one server (``GET /metrics``), in a registry of its own.
 
 Every series has a ``model`` label: the served model's first id (its ``--model-name``; aliases are
-counted under it), so that several servers, or several models of one, can share a dashboard.
+counted under it), so that several servers, or several models of one, can share a dashboard. A
+request that names no served model (``/health``, ``/metrics``, a 401, an unknown model) is counted
+under ``model=""``.
 Requests are counted by the :class:`.access.AccessLog` middleware when their answer is handed to
 the server, so a client that reads ``/metrics`` after its answer arrived sees its request counted.
 The model's own work (decode calls, cache hits, the queue) is read at scrape time from
@@ -48,14 +50,15 @@ def endpoint_label(path: str) -> str:
 
 
 class ServerMetrics:
-    """The metrics of one app: HTTP requests, their latency and what they embedded (counted by
-    the app), and the model's work (read from ``embedder`` and ``batcher`` when scraped)."""
+    """The metrics of one app: HTTP requests, their latency and what they embedded (counted by the
+    app), and each model's work (read from its Embedder and batcher when scraped, once the model
+    is added with :meth:`add_model`)."""
 
-    def __init__(self, model: str, embedder: Embedder, batcher: MicroBatcher, *, ready: Callable[[], bool]):
-        self.model = model
+    def __init__(self):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("qembed_requests", "HTTP requests answered, by endpoint and status code",
+        self.requests = Counter("qembed_requests", "HTTP requests answered, by model, endpoint and status code "
+                                "(model \"\": a request that named no served model, e.g. /health)",
                                 ("model", "endpoint", "status"), registry=r)
         self.duration = Histogram("qembed_request_duration_seconds", "Time from a request's arrival to the end of "
                                   "its answer", ("model", "endpoint"), buckets=LATENCY_BUCKETS, registry=r)
@@ -69,60 +72,68 @@ class ServerMetrics:
                                       "step of the worker", ("model",), buckets=INPUT_BUCKETS[:7], registry=r)
         self.batch_tokens = Histogram("qembed_batch_tokens", "Tokens per decode step of the worker", ("model",),
                                       buckets=TOKEN_BUCKETS, registry=r)
-        batcher.on_step = self.step_done
+        self._work = _WorkCollector()
+        r.register(self._work)
+
+    def add_model(self, model: str, embedder: Embedder, batcher: MicroBatcher, *, ready: Callable[[], bool]) -> None:
+        """Count a served model's work under ``model`` (its first id)."""
+        batcher.on_step = lambda n_rows, n_tokens: self.step_done(model, n_rows, n_tokens)
         self.inputs.labels(model)  # the series exist from the start, at 0
         self.tokens.labels(model)
-        r.register(_WorkCollector(model, embedder, batcher, ready))
+        self._work.models.append((model, embedder, batcher, ready))
 
-    def request_done(self, endpoint: str, status: int, seconds: float) -> None:
-        self.requests.labels(self.model, endpoint, str(status)).inc()
-        self.duration.labels(self.model, endpoint).observe(seconds)
+    def request_done(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(model, endpoint, str(status)).inc()
+        self.duration.labels(model, endpoint).observe(seconds)
 
-    def step_done(self, n_rows: int, n_tokens: int) -> None:
-        """One decode step of the batcher's worker (called from its thread)."""
-        self.batch_inputs.labels(self.model).observe(n_rows)
-        self.batch_tokens.labels(self.model).observe(n_tokens)
+    def step_done(self, model: str, n_rows: int, n_tokens: int) -> None:
+        """One decode step of a model's worker (called from its thread)."""
+        self.batch_inputs.labels(model).observe(n_rows)
+        self.batch_tokens.labels(model).observe(n_tokens)
 
-    def embedded(self, n_inputs: int, n_tokens: int) -> None:
-        self.inputs.labels(self.model).inc(n_inputs)
-        self.tokens.labels(self.model).inc(n_tokens)
-        self.request_inputs.labels(self.model).observe(n_inputs)
+    def embedded(self, model: str, n_inputs: int, n_tokens: int) -> None:
+        self.inputs.labels(model).inc(n_inputs)
+        self.tokens.labels(model).inc(n_tokens)
+        self.request_inputs.labels(model).observe(n_inputs)
 
     def render(self) -> bytes:
         """The text exposition format (``CONTENT_TYPE``)."""
         return generate_latest(self.registry)
 
 
-class _WorkCollector:
-    """The Embedder's and the batcher's counters, read at scrape time."""
+_COUNTERS = (
+    ("qembed_decode_calls", "llama_decode calls", lambda s, b: s.decode_calls),
+    ("qembed_sequences_decoded", "Sequences (inputs, or windows of chunked inputs) decoded by the model",
+     lambda s, b: s.sequences_decoded),
+    ("qembed_tokens_decoded", "Tokens decoded by the model", lambda s, b: s.tokens_decoded),
+    ("qembed_cache_hits", "Inputs answered by the vector cache", lambda s, b: s.cache_hits),
+    ("qembed_cache_misses", "Inputs looked up in the vector cache and not found", lambda s, b: s.cache_misses),
+    ("qembed_batches", "Worker steps, each one packed run of the model over the requests taken together "
+                       "(/health's batches)", lambda s, b: b.cycles),
+    ("qembed_requests_cancelled", "Requests dropped or cut short: client gone, or the shutdown's grace period over",
+     lambda s, b: b.jobs_cancelled),
+)
+_GAUGES = (
+    ("qembed_queue_inputs", "Inputs queued or being computed", lambda b, ready: b.pending),
+    ("qembed_ready", "1 when the model answers (warmed up, serving; /health's status ok), else 0",
+     lambda b, ready: int(ready())),
+)
 
-    def __init__(self, model: str, embedder: Embedder, batcher: MicroBatcher, ready: Callable[[], bool]):
-        self._model = model
-        self._embedder = embedder
-        self._batcher = batcher
-        self._ready = ready
+
+class _WorkCollector:
+    """Each model's Embedder and batcher counters, read at scrape time."""
+
+    def __init__(self):
+        self.models: list[tuple[str, Embedder, MicroBatcher, Callable[[], bool]]] = []
 
     def collect(self):
-        s, b, m = self._embedder.stats, self._batcher, [self._model]
-        counters = (
-            ("qembed_decode_calls", "llama_decode calls", s.decode_calls),
-            ("qembed_sequences_decoded", "Sequences (inputs, or windows of chunked inputs) decoded by the model",
-             s.sequences_decoded),
-            ("qembed_tokens_decoded", "Tokens decoded by the model", s.tokens_decoded),
-            ("qembed_cache_hits", "Inputs answered by the vector cache", s.cache_hits),
-            ("qembed_cache_misses", "Inputs looked up in the vector cache and not found", s.cache_misses),
-            ("qembed_batches", ("Worker steps, each one packed run of the model over the requests taken "
-                                "together (/health's batches)"), b.cycles),
-            ("qembed_requests_cancelled", ("Requests dropped or cut short: client gone, or the shutdown's "
-                                           "grace period over"), b.jobs_cancelled),
-        )
-        for name, doc, value in counters:
+        for name, doc, read in _COUNTERS:
             family = CounterMetricFamily(name, doc, labels=["model"])
-            family.add_metric(m, value)
+            for model, embedder, batcher, _ in self.models:
+                family.add_metric([model], read(embedder.stats, batcher))
             yield family
-        for name, doc, value in (
-                ("qembed_queue_inputs", "Inputs queued or being computed", b.pending),
-                ("qembed_ready", "1 when /health answers ok (warmed up, serving), else 0", int(self._ready()))):
+        for name, doc, read in _GAUGES:
             family = GaugeMetricFamily(name, doc, labels=["model"])
-            family.add_metric(m, value)
+            for model, _, batcher, ready in self.models:
+                family.add_metric([model], read(batcher, ready))
             yield family

@@ -39,7 +39,8 @@ from ..longinputs import LONG_INPUTS
 from ..longinputs import tokens_as_decoded
 from ..validate import MAX_MARK_RUN, long_mark_run, lone_surrogate
 
-__all__ = ["APIError", "Limits", "EmbeddingRequest", "parse_embedding_request", "parse_tokenize_request",
+__all__ = ["APIError", "Limits", "EmbeddingRequest", "RequestBody", "read_request", "model_not_found",
+           "parse_embedding_request", "parse_tokenize_request",
            "parse_detokenize_request", "encode_vector", "input_too_long",
            "embeddings_body", "models_body", "error_body", "shown", "json_depth", "is_json_media_type",
            "MAX_JSON_DEPTH", "ECHO_CHARS"]
@@ -240,9 +241,19 @@ def _parse_input(value: Any, limits: Limits, n_vocab: int) -> tuple[list[str] | 
     return None, tokens
 
 
-def _request(body: bytes, served: Sequence[str], field: str) -> tuple[dict, str, list[_Constant]]:
-    """A request body as ``(object, model, constants)``, with ``model`` one of ``served`` (404
-    otherwise) and ``field`` present."""
+@dataclasses.dataclass(frozen=True)
+class RequestBody:
+    """A request body parsed as far as every route needs before it knows the model: a JSON object
+    naming a ``model`` (a string, not yet checked against the served ids)."""
+
+    obj: dict
+    model: str
+    constants: list
+
+
+def read_request(body: bytes) -> RequestBody:
+    """Parse a request body (strict JSON, see the module) and its ``model``; else :class:`APIError`.
+    A server of several models routes the result by ``model`` to the parser of that model."""
     obj, constants = _loads(body)
     if not isinstance(obj, dict):
         raise APIError(400, f"the request body must be a JSON object, got {_kind(obj)}", code="invalid_json")
@@ -251,12 +262,24 @@ def _request(body: bytes, served: Sequence[str], field: str) -> tuple[dict, str,
         raise _bad("'model' is required", "model", "missing_required_parameter")
     if not isinstance(model, str):
         raise _bad(f"'model' must be a string, got {_kind(model)}", "model", "invalid_type")
+    return RequestBody(obj, model, constants)
+
+
+def model_not_found(model: str, served: Sequence[str]) -> APIError:
+    return APIError(404, f"the model {shown(model)} does not exist on this server (it serves: "
+                         f"{', '.join(served)})", param="model", code="model_not_found")
+
+
+def _request(body: bytes | RequestBody, served: Sequence[str], field: str) -> tuple[dict, str, list[_Constant]]:
+    """A request body (bytes, or already read by :func:`read_request`) as ``(object, model,
+    constants)``, with ``model`` one of ``served`` (404 otherwise) and ``field`` present."""
+    parsed = body if isinstance(body, RequestBody) else read_request(body)
+    obj, model = parsed.obj, parsed.model
     if model not in served:
-        raise APIError(404, f"the model {shown(model)} does not exist on this server (it serves: "
-                            f"{', '.join(served)})", param="model", code="model_not_found")
+        raise model_not_found(model, served)
     if field not in obj:
         raise _bad(f"'{field}' is required", field, "missing_required_parameter")
-    return obj, model, constants
+    return obj, model, parsed.constants
 
 
 def _refuse_constants(constants: list[_Constant]) -> None:
@@ -294,7 +317,7 @@ def _long_inputs(obj: dict, default: str) -> str:
     return implied
 
 
-def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int, min_dim: int, default_task: str,
+def parse_embedding_request(body: bytes | RequestBody, *, served: Sequence[str], full_dim: int, min_dim: int, default_task: str,
                             n_vocab: int, eos_id: int, limits: Limits, long_inputs_default: str = "error",
                             chunk_overlap: int = 0) -> EmbeddingRequest:
     """Validate a request body; raises :class:`APIError` (4xx) naming the offending field.
@@ -350,7 +373,7 @@ def parse_embedding_request(body: bytes, *, served: Sequence[str], full_dim: int
                             instruction=instruction, long_inputs=policy)
 
 
-def parse_tokenize_request(body: bytes, *, served: Sequence[str], limits: Limits) -> tuple[str, list[str]]:
+def parse_tokenize_request(body: bytes | RequestBody, *, served: Sequence[str], limits: Limits) -> tuple[str, list[str]]:
     """``POST /tokenize`` ``{"model", "input": "text" | ["text", ...]}`` → ``(model, texts)``; else APIError."""
     obj, model, constants = _request(body, served, "input")
     value = obj["input"]
@@ -370,7 +393,7 @@ def parse_tokenize_request(body: bytes, *, served: Sequence[str], limits: Limits
     return model, list(texts)
 
 
-def parse_detokenize_request(body: bytes, *, served: Sequence[str], n_vocab: int,
+def parse_detokenize_request(body: bytes | RequestBody, *, served: Sequence[str], n_vocab: int,
                              limits: Limits) -> tuple[str, list[list[int]]]:
     """``POST /detokenize`` ``{"model", "tokens": [[id, ...], ...] | [id, ...]}`` (a flat list is one
     sequence) → ``(model, sequences)``, or :class:`APIError`. At most ``limits.max_inputs`` sequences and

@@ -36,7 +36,8 @@ def test_no_top_level_convert_module_installed():
     assert "qembed_gguf/converter/checkpoint.py" in files
     assert "qembed_gguf/models/tiny-qwen3-embedding/model.safetensors" in files
     assert "qembed_gguf/CMakePresets.json" in files
-    for module in ("server/app.py", "server/batcher.py", "server/protocol.py", "integrations/langchain.py",
+    for module in ("server/app.py", "server/service.py", "server/batcher.py", "server/protocol.py",
+                   "server/responses.py", "integrations/langchain.py",
                    "integrations/llama_index.py", "integrations/ray/worker.py", "cache.py"):
         assert f"qembed_gguf/{module}" in files, module
     code = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('convert') is None else 1)"

@@ -45,7 +45,8 @@ from .config import ServedModel, ServerConfig
 from .cpu import TakeTurns
 from .http import CLOSE, OPEN_PATHS, _ApiKeyMiddleware, _error, _gone, _JSON, _read_body, _require_json
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .protocol import ECHO_CHARS, APIError, RequestBody, error_body, model_not_found, models_body, read_request, shown
+from .protocol import ECHO_CHARS, APIError, RequestBody, error_body, model_not_found, read_request, shown
+from .responses import models_body
 from .security import HostGuard, allowed_hosts
 from .service import PARSE_OFF_LOOP_BYTES, ModelService, busy
 

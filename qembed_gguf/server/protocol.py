@@ -26,7 +26,6 @@ in messages are cut to :data:`ECHO_CHARS` characters.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import re
@@ -41,8 +40,7 @@ from ..validate import MAX_MARK_RUN, long_mark_run, lone_surrogate
 
 __all__ = ["APIError", "Limits", "EmbeddingRequest", "RequestBody", "read_request", "model_not_found",
            "parse_embedding_request", "parse_tokenize_request",
-           "parse_detokenize_request", "encode_vector", "input_too_long",
-           "embeddings_body", "models_body", "error_body", "shown", "json_depth", "is_json_media_type",
+           "parse_detokenize_request", "input_too_long", "error_body", "shown", "json_depth", "is_json_media_type",
            "MAX_JSON_DEPTH", "ECHO_CHARS"]
 
 ENCODINGS = ("float", "base64")
@@ -435,25 +433,3 @@ def too_many_tokens(n_tokens: int, limit: int) -> APIError:
     return APIError(400, f"the request's inputs hold {n_tokens} tokens together, more than this server's limit of "
                          f"{limit} per request (pooling tokens included); split it into several requests",
                     param="input", code="max_tokens_per_request")
-
-
-def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
-    """One vector as OpenAI encodes it: a list of floats, or base64 of little-endian float32."""
-    if encoding_format == "base64":
-        return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return vector.astype(np.float32).tolist()
-
-
-def embeddings_body(vectors: np.ndarray, *, model: str, encoding_format: str, prompt_tokens: int) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, encoding_format)}
-                 for i, v in enumerate(vectors)],
-        "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }
-
-
-def models_body(names: Sequence[str], created: int) -> dict[str, Any]:
-    return {"object": "list", "data": [{"id": n, "object": "model", "created": created, "owned_by": "qembed-gguf"}
-                                       for n in names]}

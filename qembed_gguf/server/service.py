@@ -22,8 +22,9 @@ from .batcher import Job, JobCancelled, MicroBatcher, QueueFull, ShuttingDown, T
 from .config import ServedModel, ServerConfig
 from .http import _ClientLeft, _disconnected, _dumps, _error, _gone, _JSON
 from .metrics import ServerMetrics
-from .protocol import (APIError, EmbeddingRequest, RequestBody, embeddings_body, input_too_long,
-                       parse_detokenize_request, parse_embedding_request, parse_tokenize_request, too_many_tokens)
+from .protocol import (APIError, EmbeddingRequest, RequestBody, input_too_long, parse_detokenize_request,
+                       parse_embedding_request, parse_tokenize_request, too_many_tokens)
+from .responses import embeddings_body
 
 __all__ = ["ModelService"]
 

@@ -137,6 +137,9 @@ def _model_names(models: tuple[str, ...], given: tuple[str, ...]) -> list[tuple[
     """Each MODEL's ids: with one MODEL, every ``--model-name`` (default: its name); with several,
     one ``--model-name`` per MODEL in order, or none (each its file's stem, or the name given)."""
     if len(models) == 1:
+        twice = sorted({n for n in given if given.count(n) > 1})
+        if twice:
+            raise click.UsageError(f"--model-name {twice[0]!r} is given twice")
         return [tuple(given) or (_default_name(models[0]),)]
     if given and len(given) != len(models):
         raise click.UsageError(f"{len(models)} models take one --model-name each (in order) or none; "

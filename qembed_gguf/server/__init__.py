@@ -32,7 +32,7 @@ from .cpu import CPU_SHARING, split_threads
 from .protocol import APIError, Limits
 from .security import is_loopback
 
-__all__ = ["ServerConfig", "ServedModel", "CPU_SHARING", "split_threads", "Limits", "APIError", "ServerStartError", "create_app", "run", "is_loopback"]
+__all__ = ["ServerConfig", "ServedModel", "served_models", "CPU_SHARING", "split_threads", "Limits", "APIError", "ServerStartError", "create_app", "run", "is_loopback"]
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,13 @@ def run(models: "Embedder | Sequence[ServedModel]", config: ServerConfig, *, hos
     if not is_loopback(host) and not config.api_key:
         log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
                     "(set --api-key or QEMBED_API_KEY)", host)
-    embedders = [m.embedder for m in served_models(models, config)]
+    embedders = [models] if isinstance(models, Embedder) else [getattr(m, "embedder", None) for m in models]
     try:
         app = create_app(models, config, close_embedder=True, bind_host=host)
-    except BaseException:
+    except BaseException:  # the models given are the server's: freed whatever was wrong
         for e in embedders:
-            e.close()
+            if isinstance(e, Embedder):
+                e.close()
         raise
     server_state = app.state.server
     grace = config.shutdown_timeout_s

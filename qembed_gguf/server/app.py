@@ -76,7 +76,9 @@ def served_models(models: "Embedder | Sequence[ServedModel]", config: ServerConf
     for k, m in enumerate(served):
         for name in m.names:
             if name in seen:
-                raise InputError(f"the model id {name!r} is given to model {seen[name]} and model {k}: each id must "
+                raise InputError(f"the model id {name!r} is given twice to model {k} ({m.names[0]!r})"
+                                 if seen[name] == k else
+                                 f"the model id {name!r} is given to model {seen[name]} and model {k}: each id must "
                                  f"name one model")
             seen[name] = k
         if any(m.embedder is other.embedder for other in served[:k]):
@@ -144,8 +146,8 @@ class EmbeddingServer:
         that model loaded and, if ``queues``, room in its queue. Returns the model's service, the
         parsed body and whether it is large. Raises :class:`APIError`."""
         _require_json(request)
-        if all(s.unavailable() is not None for s in self.services):
-            raise self.services[0].unavailable()
+        if not any(s.batcher.running for s in self.services):  # before reading the body
+            raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
         if queues and all(s.full for s in self.services):  # before reading the body
             raise busy(f"{self.services[0].batcher.pending} inputs are waiting"
                        if len(self.services) == 1 else "every model's queue is full")

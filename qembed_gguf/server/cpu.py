@@ -36,8 +36,13 @@ class TakeTurns:
             ticket = self._next_ticket
             self._next_ticket += 1
             self._waiting.append(ticket)
-            while self._held or self._waiting[0] != ticket:
-                self._cond.wait()
+            try:
+                while self._held or self._waiting[0] != ticket:
+                    self._cond.wait()
+            except BaseException:  # interrupted while waiting: leave the queue, or everyone behind waits forever
+                self._waiting.remove(ticket)
+                self._cond.notify_all()
+                raise
             self._waiting.popleft()
             self._held = True
         return self

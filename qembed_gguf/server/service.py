@@ -5,6 +5,7 @@ the model it names and hands it here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -72,7 +73,8 @@ class ModelService:
         counted in the Embedder's stats, so they and the batcher's counters count only the clients' work)."""
         start = time.perf_counter()
         try:
-            self.embedder.warm_up()
+            with self.batcher.decode_turn if self.batcher.decode_turn is not None else contextlib.nullcontext():
+                self.embedder.warm_up()
         except Exception:  # /health then reports what the requests will meet
             log.exception("the warm-up decode of %s failed", self.name)
         else:

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
               help="Tokens of all inputs of one request together (OpenAI's limit).")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="How long a batch waits for requests still arriving.")
+@click.option("--short-call-ms", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="While small requests keep arriving, big ones decode in calls of about this long, so a query "
+                   "waits for at most one short call (0: never cut).")
 @click.option("--allowed-host", "allowed_hosts", multiple=True,
               help="A Host name to answer, any port (repeatable; '*' = any). Default: loopback names when bound "
                    "to loopback, any name otherwise.")
@@ -57,9 +60,10 @@ log = logging.getLogger(__name__)
 @device_options
 @click.pass_context
 @library_errors
-def serve(ctx, models, host, port, api_key, model_names, cpu_sharing, cache_spec, max_tokens, long_inputs, chunk_overlap, truncate,
-          max_inputs, max_body_mb, max_queue, max_request_tokens, batch_wait_ms, allowed_hosts, cors_origins,
-          read_timeout, shutdown_timeout, metrics_need_key, flash_attn, threads, n_gpu_layers, vram):
+def serve(ctx, models, host, port, api_key, model_names, cpu_sharing, cache_spec, max_tokens, long_inputs,
+          chunk_overlap, truncate, max_inputs, max_body_mb, max_queue, max_request_tokens, batch_wait_ms, short_call_ms,
+          allowed_hosts, cors_origins, read_timeout, shutdown_timeout, metrics_need_key, flash_attn, threads,
+          n_gpu_layers, vram):
     """Serve each MODEL as an OpenAI-compatible embeddings API (/v1/embeddings, /v1/models, /health, /metrics).
 
     \b
@@ -95,8 +99,8 @@ def serve(ctx, models, host, port, api_key, model_names, cpu_sharing, cache_spec
                               long_inputs=long_inputs, chunk_overlap=chunk_overlap,
                               limits=Limits(max_inputs=max_inputs, max_body_bytes=int(max_body_mb * (1 << 20)),
                                             max_request_tokens=max_request_tokens),
-                              max_wait_ms=batch_wait_ms, max_queue_inputs=max_queue, allowed_hosts=allowed_hosts,
-                              cors_origins=cors_origins, read_timeout_s=read_timeout,
+                              max_wait_ms=batch_wait_ms, short_call_ms=short_call_ms, max_queue_inputs=max_queue,
+                              allowed_hosts=allowed_hosts, cors_origins=cors_origins, read_timeout_s=read_timeout,
                               shutdown_timeout_s=shutdown_timeout, metrics_need_key=metrics_need_key,
                               cpu_sharing=cpu_sharing)
     except ValueError as e:

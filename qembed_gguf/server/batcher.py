@@ -6,8 +6,10 @@ one decode call at a time: before each, the active jobs are ranked (fewest token
 with aging) and the call is filled with their rows up to ``n_ubatch`` tokens
 (:mod:`.fairness`). Sixteen one-line requests thus cost about one decode instead of sixteen, and
 a lone query that arrives while a 2,000-input request is being embedded joins the next call
-instead of waiting for all of it. Each job's inputs
-are planned with its request's long-input policy first (:func:`qembed_gguf.longinputs.plan`): a
+instead of waiting for all of it. While small requests keep arriving, big ones decode in calls cut
+to about ``short_call_s`` (timed from the throughput measured, :func:`.fairness.call_cap`),
+alternating with the small ones' calls, so a query waits for at most one short call. Each job's
+inputs are planned with its request's long-input policy first (:func:`qembed_gguf.longinputs.plan`): a
 chunked input decodes as several rows (its windows), which the app combines into one vector.
 
 When idle, the worker waits for more jobs (at most ``max_wait_s``) only while requests are still being
@@ -40,73 +42,17 @@ import numpy as np
 
 from ..batching import plan_batches
 from ..embedder import Embedder
-from ..errors import InputError, QembedError
 from ..longinputs import Plan, plan as plan_long
-from .fairness import pick, priority
+from .fairness import QUIET_S, call_cap, pick, priority
+from .jobs import Job, JobCancelled, JobResult, QueueFull, ShuttingDown, TooManyTokens
 
 __all__ = ["Job", "JobResult", "MicroBatcher", "QueueFull", "ShuttingDown", "JobCancelled", "TooManyTokens"]
 
 log = logging.getLogger(__name__)
 
 
-class QueueFull(QembedError, RuntimeError):
-    """The queue holds too many inputs to accept this job now."""
-
-
-class ShuttingDown(QembedError, RuntimeError):
-    """The batcher is stopping (or stopped) and accepts no new work, or its grace period ran out."""
-
-
-class JobCancelled(QembedError, RuntimeError):
-    """The job was cancelled (its client left) before all its inputs were computed."""
-
-
-class TooManyTokens(InputError):
-    """A job's inputs hold more tokens together than ``max_request_tokens``."""
-
-    def __init__(self, n_tokens: int, limit: int):
-        super().__init__(f"the inputs hold {n_tokens} tokens together, more than the limit of {limit} per request")
-        self.n_tokens = n_tokens
-        self.limit = limit
-
-
-@dataclasses.dataclass
-class JobResult:
-    """What the app needs to answer a job: the plan of the inputs that were decoded and their
-    pooled rows (``plan.combine(pooled, ...)`` gives one vector per such input, in order), and, for
-    every input of the job, its tokens as decoded and whether it was longer than ``max_tokens``."""
-
-    plan: Plan                # Plan.select of the decoded inputs
-    pooled: np.ndarray        # raw pooled rows (full dim) of plan.sequences, in order
-    n_tokens: list[int]       # per input of the job: tokens as decoded (all windows, pooling tokens included)
-    cut: list[bool]           # per input of the job: longer than max_tokens (truncated or chunked)
-    decoded: list[bool]       # per input of the job: computed by the model (see Job.cut_hits_valid)
-
-
-@dataclasses.dataclass
-class Job:
-    """Inputs of one request: model-ready texts (instruction applied) or token-id lists, each
-    distinct; ``rows[k]`` are the request's input indices that input ``k`` stands for (errors and
-    the token limit count them; None: input ``k`` is request input ``k``).
-
-    ``decode[k]`` False: the cache answered input ``k`` (its tokens are still counted). A cached
-    vector of an input longer than ``max_tokens`` is the Embedder's policy's: where that is not
-    this request's (``cut_hits_valid`` False), such an input is decoded anyway."""
-
-    texts: list[str] | None
-    tokens: list[list[int]] | None
-    decode: list[bool]        # per input: needs the model (False: answered by the cache, count tokens only)
-    long_inputs: str          # the request's policy, one of longinputs.LONG_INPUTS
-    rows: list[list[int]] | None = None
-    cut_hits_valid: bool = True
-    future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
-    cancelled: bool = False   # set (from any thread) when nobody waits for the result any more
-
-    def __len__(self) -> int:
-        return len(self.decode)
-
-
 _STOP = object()
+MIN_RATE_TOKENS = 32  # decode calls this long or longer update the throughput estimate
 
 
 @dataclasses.dataclass
@@ -122,14 +68,24 @@ class _Active:
     pooled: np.ndarray
     calls: list[list[int]]
     since: float
+    budget: int               # the token budget its calls were packed with
     remaining: int = 0        # tokens of the calls still to make
     cut_short: bool = False   # a row was skipped: the client left, or the grace period ended
+    small: bool = False       # all of it fits in one decode call
 
     def __post_init__(self):
         self.remaining = sum(len(s) for s in self.chosen.sequences)
+        self.small = len(self.calls) == 1 and self.remaining <= self.budget
 
     def next_tokens(self) -> int:
         return sum(len(self.chosen.sequences[r]) for r in self.calls[0])
+
+    def cut_next(self, cap: int, max_rows: int) -> None:
+        """Cut its next call into calls of at most ``cap`` tokens (whole rows; a longer row alone)."""
+        call = self.calls[0]
+        if len(call) > 1 and self.next_tokens() > cap:
+            parts = plan_batches([len(self.chosen.sequences[r]) for r in call], budget=cap, max_seqs=max_rows)
+            self.calls[0:1] = [[call[k] for k in part] for part in parts]
 
     def result(self) -> "JobResult":
         return JobResult(self.chosen, self.pooled, self.plan.n_tokens, self.plan.cut, self.decode)
@@ -140,8 +96,13 @@ class MicroBatcher:
 
     def __init__(self, embedder: Embedder, *, max_wait_s: float = 0.005, max_batch_inputs: int = 512,
                  max_queue_inputs: int = 8192, max_request_tokens: int | None = None, chunk_overlap: int = 0,
-                 decode_turn=None):
+                 decode_turn=None, short_call_s: float = 0.3):
         self.embedder = embedder
+        # while small requests arrive, big requests' decode calls are cut to about this long (0: never)
+        self.short_call_s = short_call_s
+        self._small_seen = float("-inf")  # when a small request was last admitted (monotonic)
+        self._served_small = False        # the last decode call was of small requests
+        self.tokens_per_s: float | None = None  # the decode throughput, a moving average over calls
         # a context manager held around each decode step: the models of one server taking turns
         # on the CPU (:class:`.cpu.TakeTurns`); None: this worker decodes whenever it is ready
         self.decode_turn = decode_turn
@@ -352,9 +313,11 @@ class MicroBatcher:
         calls = plan_batches([len(q) for q in chosen.sequences], budget=e.batch_tokens,
                              max_seqs=self.max_step_rows) if chosen.sequences else []
         a = _Active(job, plan, chosen, decode, np.empty((len(chosen.sequences), e.dim), np.float32), calls,
-                    time.monotonic())
+                    time.monotonic(), e.batch_tokens)
         if not a.calls:  # nothing to decode (all answered by the cache)
             return self._end(job, result=a.result())
+        if a.small:
+            self._small_seen = a.since
         active.append(a)
 
     def _step(self, active: list["_Active"]) -> None:
@@ -366,8 +329,24 @@ class MicroBatcher:
         if not active:
             return
         now = time.monotonic()
-        chosen = pick([(priority(a.remaining, now - a.since), a.next_tokens(), len(a.calls[0])) for a in active],
-                      budget=self.embedder.batch_tokens, max_rows=self.max_step_rows)
+        budget = self.embedder.batch_tokens
+        serve = range(len(active))
+        if self.short_call_s > 0 and now - self._small_seen < QUIET_S:
+            # small requests are arriving: big ones decode in short calls, alternating with theirs
+            bigs = [j for j, a in enumerate(active) if not a.small]
+            if bigs:
+                cap = call_cap(self.tokens_per_s, self.short_call_s, budget)
+                for j in bigs:
+                    active[j].cut_next(cap, self.max_step_rows)
+                smalls = [j for j, a in enumerate(active) if a.small]
+                if not smalls or self._served_small:
+                    serve, budget = bigs, cap
+                else:
+                    serve = smalls
+        ranked = [(priority(active[j].remaining, now - active[j].since), active[j].next_tokens(),
+                   len(active[j].calls[0])) for j in serve]
+        chosen = [serve[k] for k in pick(ranked, budget=budget, max_rows=self.max_step_rows)]
+        self._served_small = all(active[j].small for j in chosen)
         picks = [(j, r) for j in chosen for r in active[j].calls[0]]
         rows = [active[j].chosen.sequences[r] for j, r in picks]
         skipped: dict[int, bool] = {}
@@ -378,14 +357,17 @@ class MicroBatcher:
                 skipped[i] = active[picks[i][0]].job.cancelled or self._aborted
             return skipped[i]
 
-        if self.decode_turn is None:
+        n_tokens = sum(len(q) for q in rows)
+        with self.decode_turn if self.decode_turn is not None else contextlib.nullcontext():
+            start = time.perf_counter()
             pooled = self.embedder.pool(rows, cancelled=cancelled)
-        else:
-            with self.decode_turn:
-                pooled = self.embedder.pool(rows, cancelled=cancelled)
+            seconds = time.perf_counter() - start
+        if n_tokens >= MIN_RATE_TOKENS and seconds > 0 and not any(skipped.values()):
+            rate = n_tokens / seconds
+            self.tokens_per_s = rate if self.tokens_per_s is None else 0.7 * self.tokens_per_s + 0.3 * rate
         self.cycles += 1
         if self.on_step is not None:
-            self.on_step(len(rows), sum(len(q) for q in rows))
+            self.on_step(len(rows), n_tokens)
         for k, (j, r) in enumerate(picks):
             active[j].pooled[r] = pooled[k]
             active[j].cut_short = active[j].cut_short or skipped.get(k, False)

@@ -48,6 +48,10 @@ class ServerConfig:
 
     ``metrics_need_key``: ``/metrics`` asks for the API key too (by default it is open, as ``/health``).
 
+    ``short_call_ms``: while small requests (ones that fit in one decode call) keep arriving, big
+    requests decode in calls of about this long, alternating with the small ones' (0: never cut;
+    :mod:`.fairness`), so a query waits for at most one short call.
+
     ``cpu_sharing``: how several models share the CPU (:mod:`.cpu`): ``"split"``, they decode at
     once, each on its own threads (the caller gives each Embedder its share: ``qembed-gguf serve``
     does); ``"time"``, their decode calls take turns. The limits, the queue bound and the batching
@@ -60,6 +64,7 @@ class ServerConfig:
     long_inputs: str = "error"        # default of the request's "long_inputs" field
     chunk_overlap: int = 0            # the server's, not a request field
     max_wait_ms: float = 5.0          # micro-batching window (only while other requests are arriving)
+    short_call_ms: float = 300.0      # big requests' decode calls while small ones arrive (0: never cut)
     max_batch_inputs: int = 512
     max_queue_inputs: int = 8192
     allowed_hosts: tuple[str, ...] = ()
@@ -79,10 +84,10 @@ class ServerConfig:
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(v, str) and v.strip() for v in value):
                 raise InputError(f"{name} must be a tuple of non-empty strings, got {value!r}")
-        for name in ("read_timeout_s", "shutdown_timeout_s"):
+        for name in ("read_timeout_s", "shutdown_timeout_s", "short_call_ms"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise InputError(f"{name} must be a number of seconds >= 0, got {value!r}")
+                raise InputError(f"{name} must be a number >= 0, got {value!r}")
         if self.long_inputs not in LONG_INPUTS:
             raise InputError(f"long_inputs must be one of {', '.join(map(repr, LONG_INPUTS))}, "
                              f"got {self.long_inputs!r}")

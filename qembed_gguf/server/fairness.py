@@ -9,15 +9,25 @@ the next calls of the others, in rank order, while they fit the token budget: si
 requests share one decode call, a lone query that arrives while a 2,000-input request is being
 embedded goes into the very next call (next to that request's, when both fit), and the big
 request, whose rank improves as it ages, still decodes in the calls it would have had alone.
+
+A query still waits for the decode call in flight, which on a CPU can take seconds (a 512-token
+call of the 0.6B on 2 cores: 2.7 s). So while small requests (those that fit in one call) keep
+arriving — one came within :data:`QUIET_S` — the big requests' calls are cut to what the model
+decodes in about ``call_s`` seconds (:func:`call_cap`, from the throughput measured so far), and the
+worker alternates: a call of small requests, then one of a big request's cut calls. A query then
+waits for at most one short call; the big request pays the shorter calls' overhead only while small
+requests arrive, and still gets every other call.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["AGING_S", "priority", "pick"]
+__all__ = ["AGING_S", "QUIET_S", "MIN_CALL_TOKENS", "priority", "pick", "call_cap"]
 
 AGING_S = 1.0  # a request that has waited this long ranks as if it had half its tokens left
+QUIET_S = 5.0  # after this long without a small request, big requests' calls are whole again
+MIN_CALL_TOKENS = 16  # a cut call holds at least this many tokens (or one row)
 
 
 def priority(remaining_tokens: int, waited_s: float) -> float:
@@ -43,3 +53,12 @@ def pick(requests: Sequence[tuple[float, int, int]], *, budget: int, max_rows: i
             used += requests[j][1]
             rows += requests[j][2]
     return picked
+
+
+def call_cap(tokens_per_s: float | None, call_s: float, budget: int) -> int:
+    """The most tokens a big request's decode call holds while small requests arrive: what the
+    model decodes in ``call_s`` seconds at ``tokens_per_s`` (None: not measured yet, no cut), within
+    [:data:`MIN_CALL_TOKENS`, ``budget``]."""
+    if tokens_per_s is None or call_s <= 0:
+        return budget
+    return max(MIN_CALL_TOKENS, min(budget, int(tokens_per_s * call_s)))

@@ -61,7 +61,8 @@ class ModelService:
                                     max_batch_inputs=config.max_batch_inputs,
                                     max_queue_inputs=config.max_queue_inputs,
                                     max_request_tokens=self.limits.max_request_tokens,
-                                    chunk_overlap=config.chunk_overlap, decode_turn=decode_turn)
+                                    chunk_overlap=config.chunk_overlap, decode_turn=decode_turn,
+                                    short_call_s=config.short_call_ms / 1000)
         self.requests = 0
         self.warm = threading.Event()  # set once the warm-up decode has run (or failed: then logged)
         metrics.add_model(self.name, embedder, self.batcher, ready=lambda: self.status == "ok")

@@ -27,6 +27,7 @@ from .gguf_reader import SCALAR_FORMATS, STRING, U64, ArrayValue, GGUFHeader, op
 __all__ = ["GGUFInfo", "TensorInfo", "read_gguf_info"]
 
 POOLING_NAMES = {-1: "unspecified", 0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+CLS_OUT = "cls.output.weight"  # a reranker's yes/no head: gguf.TENSOR_NAMES[MODEL_TENSOR.CLS_OUT]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,14 @@ class GGUFInfo:
             return "missing"
         known = isinstance(value, int) and not isinstance(value, bool) and value in POOLING_NAMES
         return POOLING_NAMES[value] if known else f"unknown ({value!r:.40})"
+
+    @property
+    def kind(self) -> str:
+        """``"reranker"`` (a Qwen3-Reranker: RANK pooling, or a ``cls.output.weight`` yes/no head) or
+        ``"embedding"``."""
+        if self.pooling == "rank" or any(t.name == CLS_OUT for t in self.tensors):
+            return "reranker"
+        return "embedding"
 
     @property
     def file_type(self) -> str:

@@ -13,3 +13,4 @@ DEFAULT_TASK = "qembed.default_task"   # string: the instruction used when none 
 SOURCE = "qembed.source"               # string: hub id or folder name the file was converted from
 CONVERTER = "qembed.converter"         # string: "qembed-gguf <version>"
 INTEGRITY = "qembed.integrity.blake2b"  # string: 64 hex digits, BLAKE2b-256 of the file with this value as '0's
+KIND = "qembed.kind"                    # string: "embedding" or "reranker" (absent in older files: embedding)

@@ -6,6 +6,11 @@ real: config.json as the hub repositories have it, tensor names without the ``mo
 an index), a byte-level BPE tokenizer.json with the ``<|endoftext|>`` TemplateProcessing
 post-processor, and the sentence-transformers side files (last-token pooling, query prompt).
 
+``kind="reranker"`` writes a Qwen3-Reranker checkpoint instead, as the hub repositories have it:
+``model.``-prefixed names, an ``lm_head`` unless the embeddings are tied, a tokenizer that appends
+nothing (the prompt's own template ends every input), a README that names it a Qwen3-Reranker
+(how llama.cpp's converter recognises one), no sentence-transformers files.
+
 Writing is streamed tensor by tensor, so a 4B-shaped checkpoint (~8 GB) is made in bounded memory.
 Generation is deterministic: each tensor's values depend only on ``seed`` and the tensor's name.
 """
@@ -23,7 +28,9 @@ import numpy as np
 from .errors import InputError
 from .layout import Qwen3Shape, tensor_table
 
-__all__ = ["Qwen3Shape", "SHAPES", "qwen3_config", "tensor_specs", "write_checkpoint", "write_safetensors"]
+__all__ = ["Qwen3Shape", "SHAPES", "KINDS", "qwen3_config", "tensor_specs", "write_checkpoint", "write_safetensors"]
+
+KINDS = ("embedding", "reranker")
 
 
 # Shapes used by the tests and benchmarks. "tiny" is the bundled demo model's shape.
@@ -67,10 +74,16 @@ def qwen3_config(shape: Qwen3Shape, *, eos_token_id: int, tie_word_embeddings: b
     }
 
 
-def tensor_specs(shape: Qwen3Shape, *, prefix: str = "") -> list[tuple[str, tuple[int, ...]]]:
+def tensor_specs(shape: Qwen3Shape, *, prefix: str = "", lm_head: bool = False) -> list[tuple[str, tuple[int, ...]]]:
     """(name, HF shape) of every tensor of a Qwen3-Embedding checkpoint, in HF order (the layout
-    table's; ``prefix="model."`` as Qwen3ForCausalLM checkpoints name them)."""
-    return [(prefix + t.hf_name, t.shape) for t in tensor_table(shape)]
+    table's; ``prefix="model."`` as Qwen3ForCausalLM checkpoints name them). ``lm_head``: the
+    separate output layer too, named ``lm_head.weight`` (never prefixed), as a Qwen3ForCausalLM
+    checkpoint with untied embeddings stores it."""
+    specs = [(prefix + t.hf_name, t.shape) for t in tensor_table(shape)]
+    if lm_head:
+        out = tensor_table(shape, output=True)[-1]
+        specs.append((out.hf_name, out.shape))
+    return specs
 
 
 def _f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
@@ -124,16 +137,25 @@ def write_checkpoint(
     tokenizer_from: str | Path,
     seed: int = 0,
     shards: int = 1,
-    prefix: str = "",
-    name: str = "random-qwen3-embedding",
+    prefix: str | None = None,
+    name: str | None = None,
+    kind: str = "embedding",
+    tie_word_embeddings: bool = True,
 ) -> Path:
-    """Write a random-weight Qwen3-Embedding checkpoint with ``shape`` into ``folder``.
+    """Write a random-weight Qwen3-Embedding (or ``kind="reranker"``: Qwen3-Reranker) checkpoint
+    with ``shape`` into ``folder``.
 
     ``tokenizer_from`` is a checkpoint folder whose tokenizer.json, tokenizer_config.json and
     sentence-transformers files are copied (the bundled tiny model's, usually). ``shards > 1``
     writes ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json``;
-    ``prefix="model."`` stores names as Qwen3ForCausalLM checkpoints do.
+    ``prefix="model."`` stores names as Qwen3ForCausalLM checkpoints do (a reranker's default).
+    ``tie_word_embeddings=False`` adds the separate ``lm_head`` (what a reranker scores with).
     """
+    if kind not in KINDS:
+        raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    reranker = kind == "reranker"
+    prefix = ("model." if reranker else "") if prefix is None else prefix
+    name = name or ("random-qwen3-reranker" if reranker else "random-qwen3-embedding")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer_from = Path(tokenizer_from)
@@ -143,17 +165,26 @@ def write_checkpoint(
         raise InputError(f"shape.vocab={shape.vocab} is smaller than the tokenizer's {max(ids) + 1} tokens")
     eos_id = next(t["id"] for t in tokenizer["added_tokens"] if t["content"] == "<|endoftext|>")
 
-    config = qwen3_config(shape, eos_token_id=eos_id)
+    config = qwen3_config(shape, eos_token_id=eos_id, tie_word_embeddings=tie_word_embeddings)
     config["_name_or_path"] = name
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    for extra in ("tokenizer.json", "tokenizer_config.json", "modules.json", "config_sentence_transformers.json",
-                  "sentence_bert_config.json", "1_Pooling/config.json", "2_Normalize/.keep"):
+    extras = ("tokenizer_config.json",) if reranker else (
+        "tokenizer.json", "tokenizer_config.json", "modules.json", "config_sentence_transformers.json",
+        "sentence_bert_config.json", "1_Pooling/config.json", "2_Normalize/.keep")
+    for extra in extras:
         src, dst = tokenizer_from / extra, folder / extra
         if src.exists() and src.resolve() != dst.resolve():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
+    if reranker:  # Qwen3's own tokenizer: byte-level, appending nothing
+        tokenizer["post_processor"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                                       "use_regex": False}
+        (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+        (folder / "README.md").write_text(f"# Qwen3-Reranker (random weights: {name})\n\nGenerated by "
+                                          "qembed_gguf.synthetic for tests; its scores mean nothing.\n",
+                                          encoding="utf-8")
 
-    specs = tensor_specs(shape, prefix=prefix)
+    specs = tensor_specs(shape, prefix=prefix, lm_head=not tie_word_embeddings)
     chunks = lambda n, s: _random_tensor_chunks(n.removeprefix(prefix), s, seed)  # noqa: E731
     if shards == 1:
         write_safetensors(folder / "model.safetensors", specs, chunks)

@@ -277,3 +277,22 @@ def realvocab_gguf(realvocab_ckpt, tmp_path_factory):
         return cache[outtype]
 
     return get
+
+
+# -- Qwen3-Reranker checkpoints ----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def reranker_ckpts(qwen3_tokenizer_dir, tmp_path_factory):
+    """Random-weight Qwen3-Reranker checkpoints with the real vocabulary and tokenizer ("yes" = 9693,
+    "no" = 2152) and the small realvocab shape: ``"tied"`` (lm_head = embed_tokens, as the 0.6B and
+    4B) and ``"untied"`` (a separate lm_head, as the 8B). Folder names say "qwen3-reranker", as the
+    hub's do."""
+    from qembed_gguf.synthetic import SHAPES, write_checkpoint
+
+    root = tmp_path_factory.mktemp("rerankers")
+    return {
+        "tied": write_checkpoint(root / "tied-qwen3-reranker", SHAPES["realvocab-small"], kind="reranker",
+                                 tokenizer_from=qwen3_tokenizer_dir, seed=5, name="tied-qwen3-reranker"),
+        "untied": write_checkpoint(root / "untied-qwen3-reranker", SHAPES["realvocab-small"], kind="reranker",
+                                   tokenizer_from=qwen3_tokenizer_dir, seed=6, name="untied-qwen3-reranker",
+                                   tie_word_embeddings=False),
+    }

@@ -31,7 +31,7 @@ from .batching import plan_batches
 from .cache import RECIPE_VERSION, EmbeddingCache, VectorCache, open_cache
 from .chunks import Chunk, embed_chunks
 from .errors import InputError, ModelLoadError
-from .facts import ModelFacts
+from .facts import ModelFacts, log_problems, require_kind
 from .fileinfo import read_gguf_info
 from .devices import gpu_free_bytes, gpu_offload_supported, usable_cpus
 from .gguf_check import check_gguf
@@ -108,6 +108,8 @@ class Embedder(TokensAPI, SentenceTransformersAPI):
     One Embedder may be shared by threads: calls into llama.cpp are serialised internally.
     """
 
+    _KIND = "embedding"  # the file kind this class reads (facts.require_kind); the Reranker's decoder: "reranker"
+
     def __init__(
         self,
         model: str | os.PathLike[str],
@@ -141,15 +143,9 @@ class Embedder(TokensAPI, SentenceTransformersAPI):
         if verify:
             require_integrity(self.path)
         self.info = read_gguf_info(self.path, header=header)  # the header check_gguf already walked
+        require_kind(self.info, self._KIND)
         self.facts = ModelFacts.from_info(self.info)
-        for problem in self.info.problems():
-            if self.info.corrected_at_run_time(problem):
-                log.warning("%s: %s — corrected at run time (pooling LAST forced, <|endoftext|> appended, no BOS)",
-                            self.path.name, problem)
-            else:
-                log.warning("%s: %s — NOT corrected: llama.cpp tokenizes with the file's pre-tokenizer, so token "
-                            "ids (and vectors) may differ from the official tokenizer's; convert the checkpoint "
-                            "with qembed-gguf convert", self.path.name, problem)
+        log_problems(self.info, kind=self._KIND)
 
         self._max_tokens, self._n_ctx, self._n_ubatch = context_sizes(
             max_tokens=max_tokens, n_ctx=n_ctx, n_ubatch=n_ubatch, trained=self.facts.context)

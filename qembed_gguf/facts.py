@@ -1,7 +1,8 @@
 """What the Embedder takes from a GGUF file: dimensions, Matryoshka range, query template, context.
 
 The file's ``qembed.*`` keys (written by the converter) first, the registry's family defaults
-where a community file lacks them.
+where a community file lacks them. Also the file's kind (an embedding model or a Qwen3-Reranker:
+each has its own class) and the warnings about what the file lacks.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import logging
 
 from . import keys, registry
 from .errors import ModelLoadError
-from .fileinfo import GGUFInfo
+from .fileinfo import CLS_OUT, GGUFInfo
 
-__all__ = ["ModelFacts"]
+__all__ = ["ModelFacts", "require_kind", "log_problems"]
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +47,30 @@ class ModelFacts:
             default_task=info.get(keys.DEFAULT_TASK) or family.default_task,
             context=info.arch_key("context_length") or family.context,
         )
+
+
+def require_kind(info: GGUFInfo, kind: str) -> None:
+    """Refuse, with :class:`ModelLoadError`, a file the class reading it as ``kind`` cannot use: a
+    Qwen3-Reranker (:attr:`GGUFInfo.kind`) given to the Embedder, whose vectors from it would be
+    meaningless; a file without the reranker's yes/no head (``cls.output.weight``) given to the Reranker."""
+    if kind == "embedding" and info.kind == "reranker":
+        raise ModelLoadError(f"{info.path} is a Qwen3-Reranker (pooling {info.pooling!r}, {CLS_OUT}): use "
+                             f"qembed_gguf.Reranker to score documents with it")
+    if kind == "reranker" and not any(t.name == CLS_OUT for t in info.tensors):
+        raise ModelLoadError(f"{info.path} has no {CLS_OUT} (a reranker's yes/no head): an embedding model; use "
+                             f"qembed_gguf.Embedder")
+
+
+def log_problems(info: GGUFInfo, *, kind: str = "embedding") -> None:
+    """One warning per :meth:`GGUFInfo.problems` entry, saying whether it is corrected at run time. A
+    reranker's prompt brings its own template and pools nothing, so only the uncorrectable problems
+    (architecture, pre-tokenizer) concern it."""
+    for problem in info.problems():
+        if info.corrected_at_run_time(problem):
+            if kind == "embedding":
+                log.warning("%s: %s — corrected at run time (pooling LAST forced, <|endoftext|> appended, no BOS)",
+                            info.path.name, problem)
+        else:
+            log.warning("%s: %s — NOT corrected: llama.cpp tokenizes with the file's pre-tokenizer, so token "
+                        "ids (and vectors) may differ from the official tokenizer's; convert the checkpoint "
+                        "with qembed-gguf convert", info.path.name, problem)

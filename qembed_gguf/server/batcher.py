@@ -386,7 +386,10 @@ class MicroBatcher:
         """The plan of a job's inputs under its request's policy (``"error"`` raises
         :class:`InputTooLongError` naming the request's input) and which inputs to decode."""
         e = self.embedder
-        seqs = e.prepare_texts(job.texts) if job.texts is not None else e.prepare_tokens(job.tokens)
+        if job.prepared is not None:
+            seqs = job.prepared
+        else:
+            seqs = e.prepare_texts(job.texts) if job.texts is not None else e.prepare_tokens(job.tokens)
         # "error" refuses here; windows cost at most about twice an input's tokens (overlaps are at most half)
         plan = plan_long(seqs, limit=e.max_tokens, eos=e.pooling_token_id, long_inputs=job.long_inputs,
                          overlap=self.chunk_overlap, rows=job.rows)

@@ -51,7 +51,7 @@ class JobResult:
 @dataclasses.dataclass
 class Job:
     """Inputs of one request: model-ready texts (instruction applied) or token-id lists, each
-    distinct; ``rows[k]`` are the request's input indices that input ``k`` stands for (errors and
+    distinct, or ``prepared`` token rows decoded as they are (``texts`` and ``tokens`` None); ``rows[k]`` are the request's input indices that input ``k`` stands for (errors and
     the token limit count them; None: input ``k`` is request input ``k``).
 
     ``decode[k]`` False: the cache answered input ``k`` (its tokens are still counted). A cached
@@ -64,6 +64,7 @@ class Job:
     long_inputs: str          # the request's policy, one of longinputs.LONG_INPUTS
     rows: list[list[int]] | None = None
     cut_hits_valid: bool = True
+    prepared: list[list[int]] | None = None  # rows ready as they are (a reranker's prompts): nothing appended
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
     cancelled: bool = False   # set (from any thread) when nobody waits for the result any more
 

@@ -19,7 +19,7 @@ from ..errors import InputError, InputTooLongError, InvalidTextError
 from ..longinputs import check_policy
 from ..lookup import Pending
 from .access import note_embedded
-from .batcher import Job, JobCancelled, MicroBatcher, QueueFull, ShuttingDown, TooManyTokens
+from .batcher import Job, JobCancelled, JobResult, MicroBatcher, QueueFull, ShuttingDown, TooManyTokens
 from .config import ServedModel, ServerConfig
 from .http import _ClientLeft, _disconnected, _dumps, _error, _gone, _JSON
 from .metrics import ServerMetrics
@@ -138,27 +138,21 @@ class ModelService:
         e = self.embedder
         return long_inputs == e.long_inputs and (long_inputs != "chunk" or self.config.chunk_overlap == e.chunk_overlap)
 
-    async def embeddings(self, request: Request, body: RequestBody, *, large: bool) -> Response:
-        """``POST /v1/embeddings`` for this model: ``body`` is read and names it; ``large``: parse
-        off the event loop."""
-        with self.batcher.arriving():  # only once the body is in: a stalled upload delays no batch
-            try:
-                req = await asyncio.to_thread(self.parse, body) if large else self.parse(body)
-                pending = await self._look_up(req)
-                same_policy = self._embedders_policy(req.long_inputs)
-                job = Job(texts=pending.texts if req.texts is not None else None,
-                          tokens=[list(t) for t in pending.texts] if req.tokens is not None else None,
-                          decode=[v is None for v in pending.found], long_inputs=req.long_inputs, rows=pending.rows,
-                          cut_hits_valid=same_policy)
-                self.batcher.submit(job)
-            except APIError as err:
-                return _error(err)
-            except QueueFull as err:
-                return _error(busy(str(err)))
-            except ShuttingDown as err:
-                return _error(APIError(503, str(err), type="server_error", code="shutting_down"))
+    def _submit(self, job: Job) -> Response | None:
+        """Queue ``job``; the refusal's answer, or None."""
         try:
-            result = await self._result(request, job)
+            self.batcher.submit(job)
+        except QueueFull as err:
+            return _error(busy(str(err)))
+        except ShuttingDown as err:
+            return _error(APIError(503, str(err), type="server_error", code="shutting_down"))
+        return None
+
+    async def _outcome(self, request: Request, job: Job, param) -> "JobResult | Response":
+        """The job's result, or the answer to how it failed (``param(index)``: the request's
+        field naming input ``index``)."""
+        try:
+            return await self._result(request, job)
         except (_ClientLeft, JobCancelled):
             return _gone()
         except ShuttingDown as err:
@@ -168,13 +162,34 @@ class ModelService:
         except InputTooLongError as err:
             return _error(input_too_long(err.index, err.n_tokens, err.max_tokens))
         except InvalidTextError as err:  # the protocol checks first; kept for texts it may not see
-            param = f"input[{pending.rows[err.index][0]}]" if err.index is not None else "input"
-            return _error(APIError(400, str(err), param=param))
+            return _error(APIError(400, str(err), param=param(err.index)))
         except InputError as err:
             unavailable = self.unavailable()
             if unavailable is not None:  # the model was unloaded under the request
                 return _error(unavailable)
-            return _error(APIError(400, str(err), param="input"))
+            return _error(APIError(400, str(err), param=param(None)))
+
+    async def embeddings(self, request: Request, body: RequestBody, *, large: bool) -> Response:
+        """``POST /v1/embeddings`` for this model: ``body`` is read and names it; ``large``: parse
+        off the event loop."""
+        with self.batcher.arriving():  # only once the body is in: a stalled upload delays no batch
+            try:
+                req = await asyncio.to_thread(self.parse, body) if large else self.parse(body)
+                pending = await self._look_up(req)
+            except APIError as err:
+                return _error(err)
+            same_policy = self._embedders_policy(req.long_inputs)
+            job = Job(texts=pending.texts if req.texts is not None else None,
+                      tokens=[list(t) for t in pending.texts] if req.tokens is not None else None,
+                      decode=[v is None for v in pending.found], long_inputs=req.long_inputs, rows=pending.rows,
+                      cut_hits_valid=same_policy)
+            refused = self._submit(job)
+            if refused is not None:
+                return refused
+        result = await self._outcome(request, job, lambda i: f"input[{pending.rows[i][0]}]" if i is not None
+                                     else "input")
+        if isinstance(result, Response):
+            return result
         self.requests += 1
         redone = [k for k, d in enumerate(result.decoded) if d and pending.found[k] is not None]
         if redone:  # cached over-long inputs, under another policy than this request's: decoded anyway

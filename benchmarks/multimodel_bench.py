@@ -124,6 +124,17 @@ def measure(url: str, n_docs: int, n_queries: int, *, two: bool) -> dict:
     return out
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+    """The server process's peak resident memory (Linux: VmHWM), MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs=2, required=True, metavar=("QUERY_MODEL", "DOC_MODEL"))
@@ -140,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             ("alone", [args.models[1]], ["--model-name", "d"])):
         with ServerProcess(models, [*extra, *threads, "--max-inputs", "4096"], timeout=600) as server:
             results[name] = measure(server.url, args.docs, args.queries, two=name != "alone")
+            results[name]["peak_rss_mb"] = _peak_rss_mb(server.proc.pid)
         print(name, json.dumps(results[name]), flush=True)
     date = datetime.date.today().isoformat()
     record = {"date": date, "cpu": cpu_model(), "models": args.models, "docs": args.docs, "results": results}
@@ -171,7 +183,11 @@ def _markdown(r: dict) -> str:
              f"(`benchmarks/multimodel_bench.py`).", "",
              "| | split | time |", "|---|---|---|"]
     lines += [f"| {a_} | {b} | {c} |" for a_, b, c in rows]
-    lines += ["", f"D alone on the machine (one-model server, all threads): {a['busy_d_tokens_per_s']:.0f} tokens/s. "
+    rss = [x.get("peak_rss_mb") for x in (s, t, a)]
+    if all(rss):
+        lines.append(f"| server peak RSS, MB | {rss[0]:.0f} | {rss[1]:.0f} |")
+    lines += ["", f"D alone on the machine (one-model server, all threads): {a['busy_d_tokens_per_s']:.0f} tokens/s"
+              + (f", peak RSS {rss[2]:.0f} MB" if rss[2] else "") + ". "
               f"Ratios: split/time total throughput {s['busy_total_tokens_per_s'] / t['busy_total_tokens_per_s']:.2f}x; "
               f"loaded-query p95 time/split {t['load_p95_ms'] / s['load_p95_ms']:.2f}x.", ""]
     return "\n".join(lines)

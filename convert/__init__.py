@@ -1,9 +1,10 @@
-"""The converter: a Hugging Face Qwen3-Embedding checkpoint → a correct GGUF file.
+"""The converter: a Hugging Face Qwen3-Embedding or Qwen3-Reranker checkpoint → a correct GGUF file.
 
-A pipeline of small steps — resolve the source, read config + safetensors, map tensor names,
-choose a type per tensor, quantize a row chunk at a time, write — whose only side effect is the
-final atomic rename. The repository folder ``convert/`` installs as ``qembed_gguf.converter``;
-its entry point is re-exported as ``qembed_gguf.convert(src, outtype=...)``.
+A pipeline of small steps — resolve the source, read config + safetensors, tell the kind of model
+(:mod:`.rerank`), map tensor names, choose a type per tensor, quantize a row chunk at a time,
+write — whose only side effect is the final atomic rename. The repository folder ``convert/``
+installs as ``qembed_gguf.converter``; its entry point is re-exported as
+``qembed_gguf.convert(src, outtype=...)``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .checkpoint import Checkpoint
 from .mapping import Qwen3Params, TensorPlan, plan_tensors
 from .metadata import ModelInfo, write_metadata
 from .quantize import OUTTYPES, OutType, choose_type, encode_rows, get_outtype, llama_quantize
+from .rerank import checkpoint_kind
 from .source import Source, resolve_source
 from .tokenizer import read_vocab
 from .writer import TensorOut, atomic_output, write_gguf
@@ -36,17 +38,30 @@ def default_outfile(name: str, outtype: OutType) -> Path:
     return Path(f"{name}-{outtype.name.upper()}.gguf")
 
 
-def _model_info(source: Source, params: Qwen3Params, n_params: int) -> ModelInfo:
-    family = source.spec or registry.family_spec()
+def _model_info(source: Source, params: Qwen3Params, n_params: int, kind: str) -> ModelInfo:
+    family = source.spec or registry.family_spec(kind)
+    reranker = kind == "reranker"
     return ModelInfo(
         name=source.spec.name if source.spec else source.label.rsplit("/", 1)[-1],
         source=source.label,
-        mrl_min_dim=min(family.mrl_min_dim, params.hidden),
-        query_template=family.query_template,
+        mrl_min_dim=None if reranker else min(family.mrl_min_dim, params.hidden),
+        query_template=None if reranker else family.query_template,
         default_task=family.default_task,
         converter=f"qembed-gguf {__version__}",
         n_params=n_params,
+        kind=kind,
+        rerank_template=family.rerank_chat_template() if reranker else None,
     )
+
+
+def _read_readme(folder: Path) -> str | None:
+    """The checkpoint's README.md (its model card; one of the reranker hints), if it has one."""
+    path = folder / "README.md"
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(1 << 20).decode("utf-8", errors="replace")
+    except OSError:
+        return None
 
 
 def _write_python(ckpt: Checkpoint, plan: list[TensorPlan], params: Qwen3Params, vocab, info: ModelInfo,
@@ -61,7 +76,12 @@ def _write_python(ckpt: Checkpoint, plan: list[TensorPlan], params: Qwen3Params,
         tensors.append(t)
         sources[t.name] = p.hf_name
 
+    gathered = {p.gguf_name: p.rows for p in plan if p.rows is not None}
+
     def chunks(t: TensorOut):
+        if t.name in gathered:  # the reranker head: a few rows of the lm_head, read alone
+            yield encode_rows(ckpt.read_rows_f32(sources[t.name], gathered[t.name]), t.qtype)
+            return
         for rows in ckpt.iter_rows_f32(sources[t.name], max_bytes=_CHUNK_BYTES):
             yield encode_rows(rows, t.qtype)
 
@@ -88,11 +108,16 @@ def convert(
     quiet: bool = False,
     threads: int | None = None,
 ) -> Path:
-    """Convert a Qwen3-Embedding checkpoint into a GGUF file and return its path.
+    """Convert a Qwen3-Embedding or Qwen3-Reranker checkpoint into a GGUF file and return its path.
+
+    A Qwen3-Reranker (named so by the registry, its folder / hub / config name or its README's
+    heading: :func:`~.rerank.checkpoint_kind`) becomes a file llama.cpp loads as a reranker: RANK
+    pooling and the yes/no head ``cls.output.weight`` (see :mod:`.metadata`).
 
     Args:
-        src: a local checkpoint folder, a registry name (``qwen3-embedding-4b``, ``tiny``) or a hub
-            id (``Qwen/Qwen3-Embedding-4B``, fetched with huggingface_hub; honours HF_HUB_OFFLINE).
+        src: a local checkpoint folder, a registry name (``qwen3-embedding-4b``, ``qwen3-reranker-0.6b``,
+            ``tiny``) or a hub id (``Qwen/Qwen3-Embedding-4B``, fetched with huggingface_hub; honours
+            HF_HUB_OFFLINE).
         outtype: one of :data:`OUTTYPES` — ``f32 f16 bf16 q8_0 q4_0`` (written in Python) or
             ``q6_k q5_k_m q5_k_s q4_k_m q4_k_s q3_k_m`` (llama.cpp's quantizer). Default ``q8_0``.
         outfile: output path; default ``./<name>-<OUTTYPE>.gguf``.
@@ -108,17 +133,23 @@ def convert(
     ot = get_outtype(outtype)
     source = resolve_source(src, revision=revision)
     with Checkpoint(source.folder) as ckpt:
+        kind = checkpoint_kind(ckpt.config, names=(source.folder.name, source.label),
+                               readme=_read_readme(source.folder), spec=source.spec)
         params = Qwen3Params.from_config(ckpt.config)
-        plan = plan_tensors({name: ref.shape for name, ref in ckpt.tensors.items()}, params)
         bos = ckpt.config.get("bos_token_id")
-        vocab = read_vocab(source.folder, vocab_size=params.vocab, bos_token_id=bos)
-        if not vocab.post_processor_eos:
+        vocab = read_vocab(source.folder, vocab_size=params.vocab, bos_token_id=bos, kind=kind)
+        plan = plan_tensors({name: ref.shape for name, ref in ckpt.tensors.items()}, params, kind=kind,
+                            label_ids=vocab.label_ids)
+        if kind == "reranker" and vocab.post_processor_eos:
+            log.warning("tokenizer.json appends <|endoftext|> to every input; a Qwen3-Reranker's does not (its "
+                        "prompt template ends every input), and the GGUF sets add_eos_token=false")
+        elif kind == "embedding" and not vocab.post_processor_eos:
             log.warning("tokenizer.json has no TemplateProcessing post-processor appending <|endoftext|>; the GGUF "
                         "still sets add_eos_token=true so that llama.cpp appends it")
-        info = _model_info(source, params, sum(p.n_elements for p in plan))
+        info = _model_info(source, params, sum(p.n_elements for p in plan), kind)
         out = Path(outfile) if outfile is not None else default_outfile(info.name, ot)
-        log.info("converting %s (%d layers, hidden %d) to %s as %s", source.label, params.layers, params.hidden,
-                 out, ot.name)
+        log.info("converting %s (%s, %d layers, hidden %d) to %s as %s", source.label, kind, params.layers,
+                 params.hidden, out, ot.name)
         with atomic_output(out, force=force) as tmp:
             if not ot.by_llama:
                 _write_python(ckpt, plan, params, vocab, info, ot, tmp, quiet=quiet)

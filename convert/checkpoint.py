@@ -181,6 +181,33 @@ class SafetensorsFile:
             self._release(offset, n * cols * itemsize)
             yield out.reshape((n, cols) if len(ref.shape) > 1 else (-1,))
 
+    def read_rows_f32(self, ref: TensorRef, rows: tuple[int, ...]) -> np.ndarray:
+        """Rows ``rows`` (in that order) of a 2-D tensor as one float32 array ``(len(rows), cols)``.
+
+        Only those rows' bytes are read (a reranker's yes/no head is two rows of a 151,669-row
+        lm_head), and their pages are dropped afterwards.
+        """
+        if ref.dtype not in _DTYPES:
+            raise UnsupportedModelError(
+                f"tensor {ref.name!r} has dtype {ref.dtype}; qembed-gguf converts F32, F16 and BF16 checkpoints "
+                f"({ref.path})")
+        if len(ref.shape) != 2:
+            raise CheckpointFormatError(f"tensor {ref.name!r} has shape {list(ref.shape)}; rows need a 2-D tensor",
+                                        path=ref.path)
+        storage, itemsize = _DTYPES[ref.dtype]
+        n_rows, cols = ref.shape
+        out = np.empty((len(rows), cols), dtype=np.float32)
+        for i, row in enumerate(rows):
+            if not 0 <= row < n_rows:
+                raise CheckpointFormatError(f"tensor {ref.name!r} has {n_rows} rows; row {row} was asked for",
+                                            path=ref.path)
+            offset = self.data_start + ref.begin + row * cols * itemsize
+            raw = np.frombuffer(self._mm, dtype=storage, count=cols, offset=offset)
+            out[i] = (raw.astype(np.uint32) << np.uint32(16)).view(np.float32) if ref.dtype == "BF16" else raw
+            del raw
+            self._release(offset, cols * itemsize)
+        return out
+
     def _release(self, offset: int, length: int) -> None:
         if self._mm is None or length == 0 or not hasattr(mmap, "MADV_DONTNEED"):
             return
@@ -268,6 +295,10 @@ class Checkpoint:
     def iter_rows_f32(self, name: str, max_bytes: int = 64 << 20) -> Iterator[np.ndarray]:
         ref = self.tensors[name]
         return self.file_of(ref).iter_rows_f32(ref, max_bytes)
+
+    def read_rows_f32(self, name: str, rows: tuple[int, ...]) -> np.ndarray:
+        ref = self.tensors[name]
+        return self.file_of(ref).read_rows_f32(ref, rows)
 
     @property
     def dtypes(self) -> set[str]:

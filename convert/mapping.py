@@ -4,6 +4,11 @@ Names are mapped with gguf-py's own table (``gguf.get_tensor_name_map``), which 
 ``model.``-prefixed names of Qwen3ForCausalLM checkpoints and the unprefixed names that the
 Qwen3-Embedding repositories use. Every tensor is accounted for: an unknown tensor, a missing one,
 a duplicate or a shape that config.json does not allow raises :class:`TensorMismatchError`.
+
+A Qwen3-Reranker's plan (``kind="reranker"``) keeps the decoder and replaces the output layer by
+the yes/no head ``cls.output.weight``: the ``lm_head.weight`` rows of the label tokens (of
+``embed_tokens.weight`` when config.json ties the embeddings), gathered as the file is written.
+The lm_head itself is checked but not written (llama.cpp's RANK graph never uses it).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any, Mapping
 import gguf
 
 from qembed_gguf.errors import CheckpointFormatError, TensorMismatchError, UnsupportedModelError
-from qembed_gguf.layout import Qwen3Shape, TensorSpec, tensor_table
+from qembed_gguf.layout import CLS_TENSOR, KINDS, Qwen3Shape, TensorSpec, tensor_table
 
 __all__ = ["Qwen3Params", "TensorPlan", "plan_tensors"]
 
@@ -84,8 +89,12 @@ class Qwen3Params(Qwen3Shape):
         return {t.gguf_name: t.shape for t in tensor_table(self)}
 
 
-#: one tensor to write: its checkpoint name (as the checkpoint spells it), GGUF name, HF-order shape
-TensorPlan = TensorSpec
+@dataclasses.dataclass(frozen=True)
+class TensorPlan(TensorSpec):
+    """One tensor to write: its checkpoint name (as the checkpoint spells it), GGUF name, HF-order
+    shape, and ``rows``: the source rows it gathers (the reranker head), None for the whole tensor."""
+
+    rows: tuple[int, ...] | None = None
 
 
 def _hf_name_hint(gguf_name: str, params: Qwen3Params) -> str:
@@ -93,12 +102,17 @@ def _hf_name_hint(gguf_name: str, params: Qwen3Params) -> str:
     return next(t.hf_name for t in tensor_table(params, output=True) if t.gguf_name == gguf_name)
 
 
-def plan_tensors(hf_shapes: Mapping[str, tuple[int, ...]], params: Qwen3Params) -> list[TensorPlan]:
+def plan_tensors(hf_shapes: Mapping[str, tuple[int, ...]], params: Qwen3Params, *, kind: str = "embedding",
+                 label_ids: tuple[int, ...] = ()) -> list[TensorPlan]:
     """Map every checkpoint tensor to its GGUF name and check it against ``params``.
 
     Returns the plan in llama.cpp's natural order (token_embd, blk.0 … blk.N-1, output_norm,
     output). ``lm_head.weight`` (absent from Qwen3-Embedding repos) becomes ``output.weight``.
+    ``kind="reranker"``: no ``output.weight``; last, ``cls.output.weight`` gathering rows
+    ``label_ids`` (the "yes" and "no" token ids) of the lm_head (of the token embeddings when tied).
     """
+    if kind not in KINDS:
+        raise UnsupportedModelError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, params.layers)
     expected = {t.gguf_name: t.shape for t in tensor_table(params, output=True)}  # output.weight: optional
     plans: dict[str, TensorPlan] = {}
@@ -120,4 +134,26 @@ def plan_tensors(hf_shapes: Mapping[str, tuple[int, ...]], params: Qwen3Params) 
         raise TensorMismatchError(f"missing from the checkpoint (GGUF name {missing[0]!r}; {len(missing)} "
                                   f"missing in all)", tensor=_hf_name_hint(missing[0], params))
     order = {name: i for i, name in enumerate(expected)}
-    return sorted(plans.values(), key=lambda p: order[p.gguf_name])
+    plan = sorted(plans.values(), key=lambda p: order[p.gguf_name])
+    if kind == "embedding":
+        return plan
+    return [p for p in plan if p.gguf_name != "output.weight"] + [_cls_plan(plans, params, label_ids)]
+
+
+def _cls_plan(plans: Mapping[str, TensorPlan], params: Qwen3Params, label_ids: tuple[int, ...]) -> TensorPlan:
+    """The reranker's yes/no head: rows ``label_ids`` of the lm_head, or of the token embeddings
+    when config.json ties them (as transformers computes the logits)."""
+    lm_head_name, gguf_name, rule = CLS_TENSOR
+    shape = rule(params)
+    if len(label_ids) != shape[0] or not all(0 <= i < params.vocab for i in label_ids):
+        raise TensorMismatchError(f"needs {shape[0]} label token ids below vocab_size {params.vocab}, got "
+                                  f"{list(label_ids)}", tensor=gguf_name)
+    if params.tie_word_embeddings:
+        source = plans["token_embd.weight"].hf_name
+    elif "output.weight" in plans:
+        source = plans["output.weight"].hf_name
+    else:
+        raise TensorMismatchError("missing from the checkpoint: config.json says tie_word_embeddings is false, so a "
+                                  "Qwen3-Reranker scores with its own lm_head (the rows of 'yes' and 'no')",
+                                  tensor=lm_head_name)
+    return TensorPlan(source, gguf_name, shape, rows=tuple(label_ids))

@@ -84,7 +84,9 @@ def choose_type(gguf_name: str, shape: tuple[int, ...], outtype: OutType) -> tup
 
 # llama.cpp's K-quant mixes, for the Qwen3 tensors (src/llama-quant.cpp, llama_tensor_get_type):
 # (default type, attn_v and ffn_down in the "more bits" layers, attn_v elsewhere, ffn_down elsewhere,
-#  attn_output). token_embd (no output.weight: llama.cpp treats the embeddings as tied) is Q6_K.
+#  attn_output). token_embd (no output.weight: llama.cpp treats the embeddings as tied) is Q6_K. A
+# reranker's cls.output.weight falls in llama.cpp's OTHER category: the default type (with the
+# usual block-size fallback), like attn_q/attn_k/ffn_gate/ffn_up.
 _KQUANT_MIX = {
     "q6_k": (Q.Q6_K, Q.Q6_K, Q.Q6_K, Q.Q6_K, Q.Q6_K),
     "q5_k_m": (Q.Q5_K, Q.Q6_K, Q.Q5_K, Q.Q5_K, Q.Q5_K),
@@ -104,7 +106,7 @@ def predict_type(gguf_name: str, shape: tuple[int, ...], outtype: OutType, *, n_
     """The GGML type ``gguf_name`` gets in an ``outtype`` file written by ``qembed-gguf convert``.
 
     Python-written types follow :func:`choose_type`. The K-quant mixes mirror llama.cpp's quantizer
-    for the tensors of a Qwen3 embedding model converted here (layers in file order, no
+    for the tensors of a Qwen3 embedding or reranker model converted here (layers in file order, no
     ``output.weight``); the tests check the mirror against files llama.cpp's quantizer wrote.
     ``shape`` is in HF order (rows, cols). Used to plan memory before a file exists.
     """

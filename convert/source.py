@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 HUB_FILES = [
     "config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
     "modules.json", "config_sentence_transformers.json", "sentence_bert_config.json", "1_Pooling/config.json",
+    "README.md",  # the model card: names a Qwen3-Reranker that the registry does not know (rerank.checkpoint_kind)
 ]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 

@@ -1,13 +1,18 @@
-"""tokenizer.json (+ tokenizer_config.json) → the GGUF vocabulary of a Qwen3-Embedding model, pure.
+"""tokenizer.json (+ tokenizer_config.json) → the GGUF vocabulary of a Qwen3 model, pure.
 
 What llama.cpp needs, and what older community GGUFs got wrong:
 
 * ``tokenizer.ggml.model = gpt2`` (byte-level BPE), ``tokenizer.ggml.pre = qwen2``;
 * the full token list (padded with ``[PAD{i}]`` up to config.json's ``vocab_size``), token types
   (NORMAL / CONTROL / USER_DEFINED / UNUSED, as llama.cpp's own converter assigns them) and merges;
-* EOS = ``<|endoftext|>``, the token the TemplateProcessing post-processor appends to every input
-  and whose hidden state is the embedding; EOT = tokenizer_config's ``eos_token`` (``<|im_end|>``,
-  the chat end token); PAD = ``<|endoftext|>``; ``add_eos_token = true``, ``add_bos_token = false``.
+* an embedding model: EOS = ``<|endoftext|>``, the token the TemplateProcessing post-processor
+  appends to every input and whose hidden state is the embedding; EOT = tokenizer_config's
+  ``eos_token`` (``<|im_end|>``, the chat end token); PAD = ``<|endoftext|>``; ``add_eos_token =
+  true``, ``add_bos_token = false``;
+* a reranker (``kind="reranker"``): its tokenizer appends nothing (the prompt template ends every
+  input), so EOS = tokenizer_config's ``eos_token`` (``<|im_end|>``) and no EOT, as llama.cpp's
+  converter reads it; PAD = ``<|endoftext|>``; and the ids of the :data:`~qembed_gguf.layout.CLS_LABELS`
+  tokens ("yes", "no"), whose lm_head rows become the yes/no head.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import gguf
 
 from qembed_gguf.errors import CheckpointFormatError, UnsupportedModelError
+from qembed_gguf.layout import CLS_LABELS
 
 from .checkpoint import read_json
 
@@ -36,14 +42,15 @@ class Vocab:
     tokens: list[str]
     token_types: list[int]
     merges: list[str]
-    eos_id: int              # <|endoftext|>: appended to every input, pooled
-    eot_id: int | None       # tokenizer_config eos_token (<|im_end|>)
+    eos_id: int              # embedding: <|endoftext|>, appended and pooled; reranker: tokenizer_config's eos_token
+    eot_id: int | None       # embedding: tokenizer_config eos_token (<|im_end|>); reranker: None
     pad_id: int
     bos_id: int | None       # config.json bos_token_id (never added)
     pre: str = "qwen2"
     model: str = "gpt2"
     n_padded: int = 0        # [PAD{i}] entries added to reach vocab_size
-    post_processor_eos: bool = True  # False: tokenizer.json lacks the post-processor (we add EOS anyway)
+    post_processor_eos: bool = True  # the post-processor appends <|endoftext|> (embedding: we add EOS anyway)
+    label_ids: tuple[int, ...] = ()  # reranker: the ids of CLS_LABELS ("yes", "no"), in order
 
 
 def _looks_special(token: str) -> bool:
@@ -97,8 +104,22 @@ def _post_processor_eos(tok: dict) -> str | None:
     return None
 
 
-def read_vocab(folder: Path, *, vocab_size: int, bos_token_id: Any = None) -> Vocab:
-    """Read the tokenizer of a Qwen3 checkpoint folder into a :class:`Vocab`."""
+def _label_ids(model: dict, added: dict[int, tuple[str, bool]], path: Path) -> tuple[int, ...]:
+    """The ids of the reranker's label tokens ("yes", "no"), as ``convert_tokens_to_ids`` finds them."""
+    by_content = {content: i for i, (content, _) in added.items()}
+    out = []
+    for label in CLS_LABELS:
+        idx = by_content.get(label, model["vocab"].get(label))
+        if idx is None:
+            raise UnsupportedModelError(
+                f"{path}: no {label!r} token in the vocabulary; a Qwen3-Reranker scores with the logits of the "
+                f"{' and '.join(repr(x) for x in CLS_LABELS)} tokens (its yes/no head is their lm_head rows)")
+        out.append(idx)
+    return tuple(out)
+
+
+def read_vocab(folder: Path, *, vocab_size: int, bos_token_id: Any = None, kind: str = "embedding") -> Vocab:
+    """Read the tokenizer of a Qwen3 checkpoint folder (of ``kind``) into a :class:`Vocab`."""
     path = folder / "tokenizer.json"
     tok = read_json(path, what="tokenizer.json")
     if not isinstance(tok, dict) or not isinstance(tok.get("model"), dict):
@@ -151,8 +172,11 @@ def read_vocab(folder: Path, *, vocab_size: int, bos_token_id: Any = None) -> Vo
     eot_content = _content(tok_config.get("eos_token")) if isinstance(tok_config, dict) else None
     eot_id = ids.get(eot_content) if eot_content and eot_content != POOLING_TOKEN else None
     bos_id = bos_token_id if isinstance(bos_token_id, int) and 0 <= bos_token_id < vocab_size else None
+    eos_id, labels = ids[POOLING_TOKEN], ()
+    if kind == "reranker":  # nothing is appended: EOS is the tokenizer's own (the chat end token)
+        eos_id, eot_id, labels = eot_id if eot_id is not None else eos_id, None, _label_ids(model, added, path)
     return Vocab(
         tokens=tokens, token_types=[int(t) for t in types], merges=_merges(model, path),
-        eos_id=ids[POOLING_TOKEN], eot_id=eot_id, pad_id=ids[POOLING_TOKEN], bos_id=bos_id,
-        n_padded=n_padded, post_processor_eos=processor_eos == POOLING_TOKEN,
+        eos_id=eos_id, eot_id=eot_id, pad_id=ids[POOLING_TOKEN], bos_id=bos_id,
+        n_padded=n_padded, post_processor_eos=processor_eos == POOLING_TOKEN, label_ids=labels,
     )

@@ -10,6 +10,12 @@ best-matching chunk: its character span ``[start:end]`` in the file (``text[star
 read as UTF-8 with its line endings as they are) and a snippet of it. ``--every-chunk`` lists the
 best chunks instead, several per file if they score so.
 
+With ``--rerank MODEL`` (a Qwen3-Reranker ``.gguf`` file, registry name or hub id) the index
+retrieves ``--retrieve`` candidates per query (default: 4 x ``--top-k``; files or chunks, as
+without it), a :class:`~qembed_gguf.Reranker` scores each candidate chunk against the query, and
+the ``--top-k`` best by that score are listed, best first, each with its reranker score (P("yes"),
+in [0, 1]) before its cosine similarity (``"rerank_score"`` and ``"score"`` in ``--json``).
+
 With ``--index-dir`` the index and its metadata are saved, and reused by later runs as long as
 the model, the dimension, the chunk settings and the files are unchanged (otherwise the index is
 rebuilt).
@@ -24,12 +30,18 @@ With a real model (converted once from the Hugging Face hub, or any Qwen3-Embedd
     python examples/semantic_search.py examples/data/docs --model qwen3-embedding-0.6b \\
         --index-dir /tmp/docs-index --top-k 3 --chunk-tokens 512 --overlap 64 -q "How do volcanoes erupt?"
 
+Reranked by a Qwen3-Reranker::
+
+    python examples/semantic_search.py --model qwen3-embedding-0.6b --rerank qwen3-reranker-0.6b \\
+        --top-k 3 --retrieve 20 -q "How do volcanoes erupt?"
+
 Needs FAISS: ``pip install faiss-cpu``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qembed_gguf import Embedder
+from qembed_gguf import Embedder, Reranker
 from qembed_gguf.errors import QembedError
 
 try:
@@ -74,8 +86,12 @@ class Passage:
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
+    """A search result: ``score`` is the cosine similarity of the query and the chunk,
+    ``rerank_score`` the reranker's P("yes") for them (None when not reranked)."""
+
     passage: Passage
     score: float
+    rerank_score: float | None = None
 
 
 def text_files(folder: Path) -> list[Path]:
@@ -212,6 +228,20 @@ def search(embedder: Embedder, index: faiss.Index, passages: list[Passage], quer
         depth = min(index.ntotal, 2 * depth)
 
 
+def rerank(reranker: Reranker, queries: list[str], results: list[list[Hit]], *, k: int,
+           instruction: str | None = None) -> list[list[Hit]]:
+    """Each query's hits (the candidates) scored by ``reranker`` on their chunk's text, the ``k`` best
+    by that score, best first (equal scores: the search's order)."""
+    started = time.perf_counter()
+    out = []
+    for query, hits in zip(queries, results):
+        ranked = reranker.rerank(query, [h.passage.text for h in hits], instruction=instruction, top_n=k)
+        out.append([dataclasses.replace(hits[i], rerank_score=s) for i, s in ranked])
+    log.info("reranked %d candidates of %d queries in %.2f s", sum(map(len, results)), len(queries),
+             time.perf_counter() - started)
+    return out
+
+
 def snippet(text: str, width: int = 80) -> str:
     """``text`` on one line (white space runs as one space), cut to ``width`` characters."""
     flat = " ".join(text.split())
@@ -221,16 +251,23 @@ def snippet(text: str, width: int = 80) -> str:
 def _print_results(queries: list[str], results: list[list[Hit]], folder: Path, as_json: bool) -> None:
     for query, hits in zip(queries, results):
         if as_json:
-            print(json.dumps({"query": query, "hits": [
-                {"file": str(folder / h.passage.file), "chunk": h.passage.chunk, "start": h.passage.start,
-                 "end": h.passage.end, "n_tokens": h.passage.n_tokens, "score": round(h.score, 6),
-                 "text": h.passage.text} for h in hits]}, ensure_ascii=False))
+            print(json.dumps({"query": query, "hits": [_hit_json(h, folder) for h in hits]}, ensure_ascii=False))
             continue
         print(f"query: {query}")
         for rank, h in enumerate(hits, start=1):
             p = h.passage
-            print(f"  {rank:2d}. {h.score:+.4f}  {p.file} [{p.start}:{p.end}]  {snippet(p.text)}")
+            scores = f"{h.score:+.4f}" if h.rerank_score is None else f"{h.rerank_score:.4f} ({h.score:+.4f})"
+            print(f"  {rank:2d}. {scores}  {p.file} [{p.start}:{p.end}]  {snippet(p.text)}")
         print()
+
+
+def _hit_json(h: Hit, folder: Path) -> dict:
+    out = {"file": str(folder / h.passage.file), "chunk": h.passage.chunk, "start": h.passage.start,
+           "end": h.passage.end, "n_tokens": h.passage.n_tokens, "score": round(h.score, 6)}
+    if h.rerank_score is not None:
+        out["rerank_score"] = round(h.rerank_score, 6)
+    out["text"] = h.passage.text
+    return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -252,6 +289,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--every-chunk", action="store_true",
                         help="list the best chunks, several per file if they score so (default: each file once, "
                              "as its best chunk)")
+    parser.add_argument("--rerank", metavar="MODEL", default=None,
+                        help="rerank the candidates with this Qwen3-Reranker (GGUF file, registry name or hub id)")
+    parser.add_argument("--retrieve", metavar="K", type=int, default=None,
+                        help="candidates per query the index retrieves for --rerank (default: 4 x --top-k)")
+    parser.add_argument("--rerank-instruction", default=None,
+                        help="what relevance means to the reranker (default: the Qwen3-Reranker's own)")
     parser.add_argument("--index-dir", type=Path, default=None,
                         help="save the index here, and reuse it while model, dim, chunk settings and files are "
                              "unchanged")
@@ -262,6 +305,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"{args.folder} is not a folder")
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
+    if args.rerank is None:
+        given = [flag for flag, value in (("--retrieve", args.retrieve),
+                                          ("--rerank-instruction", args.rerank_instruction)) if value is not None]
+        if given:
+            parser.error(f"{' and '.join(given)}: only with --rerank")
+    else:
+        if args.retrieve is None:
+            args.retrieve = 4 * args.top_k
+        if args.retrieve < args.top_k:
+            parser.error(f"--retrieve ({args.retrieve}) must be at least --top-k ({args.top_k})")
     if args.overlap is None:
         args.overlap = args.chunk_tokens // 8
     return args
@@ -275,11 +328,16 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no .txt files under %s", args.folder)
         return 1
     try:
-        with Embedder(args.model) as embedder:
+        with contextlib.ExitStack() as stack:
+            embedder = stack.enter_context(Embedder(args.model))
+            # the reranker is opened before the folder is embedded: a wrong model fails before that work
+            reranker = stack.enter_context(Reranker(args.rerank)) if args.rerank is not None else None
             index, passages = open_index(embedder, args.folder, chunk_tokens=args.chunk_tokens, overlap=args.overlap,
                                          dim=args.dim, index_dir=args.index_dir)
-            results = search(embedder, index, passages, args.query, k=args.top_k, dim=args.dim, task=args.task,
-                             per_file=not args.every_chunk)
+            results = search(embedder, index, passages, args.query, k=args.retrieve or args.top_k, dim=args.dim,
+                             task=args.task, per_file=not args.every_chunk)
+            if reranker is not None:
+                results = rerank(reranker, args.query, results, k=args.top_k, instruction=args.rerank_instruction)
     except QembedError as exc:
         log.error("%s", exc)
         return 1

@@ -62,14 +62,13 @@ def require_kind(info: GGUFInfo, kind: str) -> None:
 
 
 def log_problems(info: GGUFInfo, *, kind: str = "embedding") -> None:
-    """One warning per :meth:`GGUFInfo.problems` entry, saying whether it is corrected at run time. A
-    reranker's prompt brings its own template and pools nothing, so only the uncorrectable problems
-    (architecture, pre-tokenizer) concern it."""
+    """One warning per :meth:`GGUFInfo.problems` entry, saying whether it is corrected at run time
+    (for a reranker, ``kind="reranker"``, by the Reranker's own prompt and yes/no head)."""
+    fix = ("pooling LAST forced, <|endoftext|> appended, no BOS" if kind == "embedding" else
+           "the prompt template applied as tokens, nothing appended, no BOS, the yes/no head applied in numpy")
     for problem in info.problems():
         if info.corrected_at_run_time(problem):
-            if kind == "embedding":
-                log.warning("%s: %s — corrected at run time (pooling LAST forced, <|endoftext|> appended, no BOS)",
-                            info.path.name, problem)
+            log.warning("%s: %s — corrected at run time (%s)", info.path.name, problem, fix)
         else:
             log.warning("%s: %s — NOT corrected: llama.cpp tokenizes with the file's pre-tokenizer, so token "
                         "ids (and vectors) may differ from the official tokenizer's; convert the checkpoint "

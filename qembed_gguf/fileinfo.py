@@ -1,10 +1,12 @@
-"""What a GGUF file holds, and what it lacks for correct Qwen3 embeddings.
+"""What a GGUF file holds, and what it lacks for correct Qwen3 embeddings (or reranker scores).
 
 Built on the project's own header parser (:func:`qembed_gguf.gguf_reader.read_header`): one walk
 of the header, no Python object per token or merge, so a 151,669-token vocabulary costs tens of
 milliseconds, not seconds (gguf-py's ``GGUFReader`` builds a field object for every string). :meth:`GGUFInfo.problems` lists what older community GGUFs got wrong — a missing
 pooling type (llama.cpp then returns per-token vectors), a missing ``add_eos_token`` or an EOS
-that is not ``<|endoftext|>`` (the pooled token is then the wrong one), a non-qwen2 pre-tokenizer.
+that is not ``<|endoftext|>`` (the pooled token is then the wrong one), a non-qwen2 pre-tokenizer;
+for a Qwen3-Reranker (:attr:`GGUFInfo.kind`) what its scores need instead: RANK pooling, the yes/no
+head, and no EOS appended after the prompt template.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import numpy as np
 from . import keys
 from .errors import ModelLoadError
 from .gguf_reader import SCALAR_FORMATS, STRING, U64, ArrayValue, GGUFHeader, open_regular, read_header
+from .layout import CLS_LABELS, CLS_TENSOR, KINDS
 
 __all__ = ["GGUFInfo", "TensorInfo", "read_gguf_info"]
 
 POOLING_NAMES = {-1: "unspecified", 0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
-CLS_OUT = "cls.output.weight"  # a reranker's yes/no head: gguf.TENSOR_NAMES[MODEL_TENSOR.CLS_OUT]
+CLS_OUT = CLS_TENSOR[1]  # "cls.output.weight", a reranker's yes/no head: gguf.TENSOR_NAMES[MODEL_TENSOR.CLS_OUT]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +78,19 @@ class GGUFInfo:
 
     @property
     def kind(self) -> str:
-        """``"reranker"`` (a Qwen3-Reranker: RANK pooling, or a ``cls.output.weight`` yes/no head) or
-        ``"embedding"``."""
-        if self.pooling == "rank" or any(t.name == CLS_OUT for t in self.tensors):
+        """``"reranker"`` (a Qwen3-Reranker) or ``"embedding"``: what ``qembed.kind`` says (written by
+        ``qembed-gguf convert``), else a reranker when the file has RANK pooling or a
+        ``cls.output.weight`` yes/no head (llama.cpp's converter writes both)."""
+        stated = self.get(keys.KIND)
+        if stated in KINDS:
+            return stated
+        if self.pooling == "rank" or self.has_cls_head:
             return "reranker"
         return "embedding"
+
+    @property
+    def has_cls_head(self) -> bool:
+        return any(t.name == CLS_OUT for t in self.tensors)
 
     @property
     def file_type(self) -> str:
@@ -145,7 +156,8 @@ class GGUFInfo:
             "type": type(refusal).__name__, "message": str(refusal), "field": getattr(refusal, "field", None),
             "offset": getattr(refusal, "offset", None)}
         return {
-            "path": str(self.path), "file_size": self.file_size, "architecture": plain(self.architecture),
+            "path": str(self.path), "file_size": self.file_size, "kind": self.kind,
+            "architecture": plain(self.architecture),
             "dim": plain(self.dim), "layers": plain(self.layers), "pooling": self.pooling, "eos_token": self.eos_token,
             "file_type": self.file_type, "bits_per_weight": round(self.bits_per_weight, 4), "type_mix": self.type_mix,
             "valid": refusal is None, "error": error, "problems": self.problems(),
@@ -160,25 +172,50 @@ class GGUFInfo:
         return not problem.startswith(("tokenizer.ggml.pre", "general.architecture"))
 
     def problems(self) -> list[str]:
-        """What this file lacks for correct Qwen3-Embedding vectors (empty when all is well)."""
+        """What this file lacks for correct Qwen3-Embedding vectors, or for a reranker (:attr:`kind`)
+        correct Qwen3-Reranker scores (empty when all is well)."""
         out = []
         if self.architecture != "qwen3":
             out.append(f"general.architecture is {self.architecture!r}, not 'qwen3'")
         pooling = self.arch_key("pooling_type")
-        if pooling is None:
-            out.append("no pooling_type: llama.cpp falls back to NONE (per-token vectors); Qwen3-Embedding needs LAST")
-        elif pooling != gguf.PoolingType.LAST:
-            out.append(f"pooling_type is {self.pooling!r}; Qwen3-Embedding needs 'last'")
-        if self.eos_token != "<|endoftext|>":
-            out.append(f"EOS token is {self.eos_token!r}, not '<|endoftext|>' (the pooled token)")
-        if self.get("tokenizer.ggml.add_eos_token") is not True:
-            out.append("tokenizer.ggml.add_eos_token is not true: inputs would not end in <|endoftext|>")
+        if self.kind == "reranker":
+            out += self._reranker_problems(pooling)
+        else:
+            if pooling is None:
+                out.append("no pooling_type: llama.cpp falls back to NONE (per-token vectors); Qwen3-Embedding needs "
+                           "LAST")
+            elif pooling != gguf.PoolingType.LAST:
+                out.append(f"pooling_type is {self.pooling!r}; Qwen3-Embedding needs 'last'")
+            if self.has_cls_head:
+                out.append(f"{CLS_OUT} (a reranker's yes/no head) in an embedding model's file")
+            if self.eos_token != "<|endoftext|>":
+                out.append(f"EOS token is {self.eos_token!r}, not '<|endoftext|>' (the pooled token)")
+            if self.get("tokenizer.ggml.add_eos_token") is not True:
+                out.append("tokenizer.ggml.add_eos_token is not true: inputs would not end in <|endoftext|>")
         if self.get("tokenizer.ggml.add_bos_token") is True:
             out.append("tokenizer.ggml.add_bos_token is true: Qwen3 adds no BOS")
         if self.get("tokenizer.ggml.pre") not in (None, "qwen2"):
             out.append(f"tokenizer.ggml.pre is {self.get('tokenizer.ggml.pre')!r}, not 'qwen2'")
         elif self.get("tokenizer.ggml.pre") is None:
             out.append("tokenizer.ggml.pre is missing: llama.cpp would use the default pre-tokenizer, not qwen2")
+        return out
+
+    def _reranker_problems(self, pooling: Any) -> list[str]:
+        out = []
+        if pooling != gguf.PoolingType.RANK:
+            shown = "missing" if pooling is None else repr(self.pooling)
+            out.append(f"pooling_type is {shown}; a Qwen3-Reranker needs 'rank' (llama.cpp applies the yes/no head "
+                       f"only then)")
+        if not self.has_cls_head:
+            out.append(f"no {CLS_OUT}: a Qwen3-Reranker's yes/no head (the lm_head rows of "
+                       f"{' and '.join(repr(x) for x in CLS_LABELS)}) is missing")
+        labels = self.arch_key("classifier.output_labels")
+        if labels is None or len(labels) != len(CLS_LABELS):
+            out.append(f"classifier.output_labels is {'missing' if labels is None else f'{len(labels)} labels'}; a "
+                       f"Qwen3-Reranker's head has {len(CLS_LABELS)} ({', '.join(CLS_LABELS)})")
+        if self.get("tokenizer.ggml.add_eos_token") is True:
+            out.append("tokenizer.ggml.add_eos_token is true: llama.cpp would append an EOS after the rerank prompt, "
+                       "and the scored last token would be that EOS")
         return out
 
 

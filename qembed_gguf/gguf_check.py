@@ -18,7 +18,9 @@ pure Python:
 * the vocabulary: unique, non-empty token strings including the 256 byte-level tokens, token
   types llama.cpp knows, BPE merges ``"A B"`` whose ``AB`` is a token, special-token ids inside
   the vocabulary;
-* exactly the tensors, with exactly the shapes and types, that those hyperparameters imply.
+* exactly the tensors, with exactly the shapes and types, that those hyperparameters imply — for
+  a reranker (RANK pooling, or ``qembed.kind = "reranker"``) with its yes/no head
+  ``cls.output.weight`` (ggml ``[hidden, 2]``), for an embedding model without one.
 
 What each check keeps from llama.cpp (vendored in llama-cpp-python 0.3.36; ``qwen3.`` keys)::
 
@@ -55,6 +57,14 @@ What each check keeps from llama.cpp (vendored in llama-cpp-python 0.3.36; ``qwe
     tokenizer.ggml.pre one llama.cpp knows          throw ("unknown pre-tokenizer type")
     general.name with "phi3": the Phi-3 tokens      throw (token_to_id.at("</s>") for "Phi-3" models)
     "<|endoftext|>" among the tokens                the Embedder pools on it
+    RANK pooling: classifier.output_labels          n_cls_out = the labels' count (1 without them):
+      exactly ["yes", "no"], cls.output.weight        the head's shape is checked against it (throw);
+      [embedding_length, 2]; no cls tensor            swapped or other labels would silently invert
+      without RANK pooling                            or garble every score; without RANK the head is
+                                                    an unexpected tensor
+    qembed.kind "embedding"/"reranker", agreeing    the runtime's own choice of what the file is
+      with pooling_type
+    tokenizer.chat_template.rerank a string         llama.cpp's rerank prompt (read as a string)
     qembed.* keys typed, mrl_min_dim <= dim         the Embedder's own reads (TypeError otherwise)
     token-id keys u32 < vocabulary size             out of range: silently replaced by a default
     exact GGUF type of every key read               throw ("key ... has wrong type")
@@ -94,7 +104,7 @@ from .gguf_reader import (ARRAY, BOOL, FLOAT32, INT32, STRING, TYPE_NAMES, UINT1
 from .gguf_vocab import check_vocabulary
 from .integrity import (DIGEST_HEX, IntegrityStatus, content_fingerprint, require_integrity, seal,
                         verify_integrity)
-from .layout import Qwen3Shape, tensor_table
+from .layout import CLS_LABELS, CLS_TENSOR, KINDS, Qwen3Shape, tensor_table
 
 __all__ = ["check_gguf", "GGUFHeader", "TensorSpan", "ArrayValue", "read_header", "open_regular", "seal",
            "verify_integrity", "IntegrityStatus", "require_integrity", "content_fingerprint"]
@@ -326,36 +336,91 @@ def _check_qembed_keys(h: GGUFHeader, dims: Qwen3Shape) -> None:
         raise field_error(h, keys.MRL_MIN_DIM, f"value {mrl} is outside [1, embedding_length {dims.hidden}]")
     for key in (keys.QUERY_TEMPLATE, keys.DEFAULT_TASK, keys.SOURCE, keys.CONVERTER):
         _typed(h, key, STRING, reader=ours)
+    kind = _typed(h, keys.KIND, STRING, reader=ours)
+    if kind is not None and kind not in KINDS:
+        raise field_error(h, keys.KIND, f"{kind[:40]!r} is not one of {', '.join(KINDS)}")
     seal_value = _typed(h, keys.INTEGRITY, STRING, reader=ours)
     if seal_value is not None and (len(seal_value) != DIGEST_HEX or seal_value.strip("0123456789abcdef")):
         raise field_error(h, keys.INTEGRITY, f"must be {DIGEST_HEX} lower-case hex digits")
 
 
-def _check_tensors(h: GGUFHeader, dims: Qwen3Shape) -> None:
+RANK_POOLING = int(gguf.PoolingType.RANK)  # 4: a reranker's last token through cls.output (+ softmax for qwen3)
+_LABELS_KEY = "{arch}.classifier.output_labels"
+_RERANK_TEMPLATE = "tokenizer.chat_template.rerank"
+
+
+def _short_strings(view: memoryview, arr: ArrayValue, limit: int = 16) -> list[str] | None:
+    """The elements of a small string array (the parser bounded every length), None if longer."""
+    if arr.count > limit:
+        return None
+    out, pos = [], arr.offset
+    for _ in range(arr.count):
+        n = int.from_bytes(view[pos:pos + 8], "little")
+        out.append(bytes(view[pos + 8:pos + 8 + n]).decode("utf-8", errors="replace"))
+        pos += 8 + n
+    return out
+
+
+def _check_kind(h: GGUFHeader, arch: str, view: memoryview) -> str:
+    """``"reranker"`` (RANK pooling or ``qembed.kind = "reranker"``) or ``"embedding"``; a
+    reranker's labels exactly the yes/no head's rows, and ``qembed.kind`` agreeing with the pooling."""
+    pooling = h.get(f"{arch}.pooling_type")  # typed by _check_hparams
+    stated = h.get(keys.KIND)                # typed by _check_qembed_keys
+    kind = "reranker" if pooling == RANK_POOLING or stated == "reranker" else "embedding"
+    if stated is not None and pooling is not None and (pooling == RANK_POOLING) != (stated == "reranker"):
+        raise field_error(h, keys.KIND, f"says {stated!r} but {arch}.pooling_type is {pooling}: a reranker has RANK "
+                                        f"pooling ({RANK_POOLING}), an embedding model does not")
+    _string(h, _RERANK_TEMPLATE)
+    _array(h, "tokenizer.chat_templates", (STRING,))
+    key = _LABELS_KEY.format(arch=arch)
+    labels = _array(h, key, (STRING,))  # typed by _check_hparams too
+    if kind == "reranker":
+        if pooling != RANK_POOLING:
+            raise field_error(h, f"{arch}.pooling_type", f"is {'missing' if pooling is None else pooling} for a "
+                                                         f"reranker (qembed.kind): llama.cpp would not apply its yes/no "
+                                                         f"head; RANK pooling is {RANK_POOLING}")
+        got = _short_strings(view, labels) if labels is not None else None
+        if got != list(CLS_LABELS):
+            shown = "missing" if labels is None else (got if got is not None else f"{labels.count} labels")
+            raise field_error(h, key, f"is {shown}; a Qwen3-Reranker's head scores {list(CLS_LABELS)} in that order "
+                                      f"(llama.cpp sizes cls.output.weight by the labels, and the runtime reads row 0 "
+                                      f"as relevance)")
+    return kind
+
+
+def _check_tensors(h: GGUFHeader, dims: Qwen3Shape, kind: str) -> None:
     """Exactly the tensors llama.cpp's qwen3 loader creates for ``dims``, with their shapes (the
-    layout table's, in ggml order) and types it computes with; ``output.weight`` optional."""
+    layout table's, in ggml order) and types it computes with; ``output.weight`` optional; a
+    reranker's yes/no head required for ``kind="reranker"`` and refused otherwise."""
     have = {t.name: t for t in h.tensors}
-    want = {t.gguf_name: t.ggml_shape for t in tensor_table(dims, output="output.weight" in have)}
+    want = {t.gguf_name: t.ggml_shape for t in tensor_table(dims, output="output.weight" in have, kind=kind)}
+    cls_name = CLS_TENSOR[1]
     for name, shape in want.items():
         t = have.get(name)
         if t is None:
-            raise CorruptModelError("required tensor is missing", path=h.path, field=name, offset=None)
+            why = " (a reranker's yes/no head: llama.cpp's RANK pooling would soft-max the raw hidden state)" \
+                if name == cls_name else ""
+            raise CorruptModelError(f"required tensor is missing{why}", path=h.path, field=name, offset=None)
         if t.shape != shape:
             raise CorruptModelError(f"shape {list(t.shape)} does not match the hyperparameters' {list(shape)}",
                                     path=h.path, field=name, offset=t.offset)
         allowed = NORM_TYPES if len(shape) == 1 else MATRIX_TYPES
         if t.ggml_type not in allowed:
-            kind = "a norm vector" if len(shape) == 1 else "a weight matrix"
-            raise CorruptModelError(f"type {gguf.GGMLQuantizationType(t.ggml_type).name} is not valid for {kind}",
+            kind_of = "a norm vector" if len(shape) == 1 else "a weight matrix"
+            raise CorruptModelError(f"type {gguf.GGMLQuantizationType(t.ggml_type).name} is not valid for {kind_of}",
                                     path=h.path, field=name, offset=t.offset)
     extra = sorted(set(have) - set(want))
+    if cls_name in extra:
+        raise CorruptModelError("a reranker's yes/no head in a file without RANK pooling (an embedding model has "
+                                "none)", path=h.path, field=cls_name, offset=have[cls_name].offset)
     if extra:
         raise CorruptModelError(f"unexpected tensor for a Qwen3 model ({len(extra)} in all)", path=h.path,
                                 field=extra[0], offset=have[extra[0]].offset)
 
 
 def check_gguf(path: str | os.PathLike[str]) -> GGUFHeader:
-    """Validate ``path`` as a Qwen3 embedding GGUF that llama.cpp can load and run safely; its header.
+    """Validate ``path`` as a Qwen3 embedding or reranker GGUF that llama.cpp can load and run safely;
+    its header.
 
     Raises :class:`CorruptModelError` (a :class:`ModelLoadError`) naming the field and byte offset
     of the first problem, or :class:`ModelLoadError` for a file that cannot be opened, is not a
@@ -369,6 +434,7 @@ def check_gguf(path: str | os.PathLike[str]) -> GGUFHeader:
         tokens, merges, token_type = _check_tokenizer_keys(h)
         dims = _check_hparams(h, arch, tokens.count)
         _check_qembed_keys(h, dims)
-        _check_tensors(h, dims)
+        kind = _check_kind(h, arch, view)
+        _check_tensors(h, dims, kind)
         check_vocabulary(h, view, tokens, merges, token_type)
     return h

@@ -137,7 +137,7 @@ class ModelGeometry:
 
         ot, s = get_outtype(outtype), spec.shape
         tensors = [(t.gguf_name, predict_type(t.gguf_name, t.shape, ot, n_layer=s.layers), t.ggml_shape)
-                   for t in tensor_table(s)]
+                   for t in tensor_table(s, kind=spec.kind)]  # a reranker's: with its (2 x hidden) yes/no head
         return cls.from_tensors(tensors, n_layer=s.layers, n_embd=s.hidden, n_head=s.heads, n_head_kv=s.kv_heads,
                                 head_dim=s.head_dim, n_ff=s.ffn, label=f"{spec.name} {ot.name.upper()}")
 

@@ -7,6 +7,10 @@ GPU planner (:mod:`qembed_gguf.gpuplan`). Checkpoint names are the Qwen3-Embeddi
 (unprefixed; Qwen3ForCausalLM checkpoints add ``model.``); shapes are in PyTorch order (rows
 first), as safetensors stores them; GGUF (ggml) order is the reverse. Byte sizes come from gguf's
 own quantization tables (:func:`tensor_nbytes`).
+
+The two kinds of model (:data:`KINDS`) share the decoder; a Qwen3-Reranker file adds the yes/no
+head ``cls.output.weight`` (:data:`CLS_TENSOR`: the lm_head's rows of the :data:`CLS_LABELS`
+tokens, which llama.cpp's RANK pooling multiplies the last hidden state with and soft-maxes).
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ import gguf
 
 from .errors import InputError
 
-__all__ = ["Qwen3Shape", "TensorSpec", "tensor_table", "tensor_nbytes", "BLOCK_TENSORS", "OUTPUT_TENSOR"]
+__all__ = ["Qwen3Shape", "TensorSpec", "tensor_table", "tensor_nbytes", "BLOCK_TENSORS", "OUTPUT_TENSOR",
+           "CLS_TENSOR", "CLS_LABELS", "KINDS"]
+
+#: what a Qwen3 GGUF can be: an embedding model (LAST pooling) or a reranker (RANK pooling + yes/no head)
+KINDS = ("embedding", "reranker")
+#: the reranker head's rows, in order: the tokens whose logits a Qwen3-Reranker compares (its
+#: ``classifier.output_labels``; llama.cpp's softmax makes row 0 the relevance probability)
+CLS_LABELS = ("yes", "no")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,16 +95,24 @@ _FIRST = ("embed_tokens.weight", "token_embd.weight", lambda s: (s.vocab, s.hidd
 _LAST = ("norm.weight", "output_norm.weight", lambda s: (s.hidden,))
 #: the separate output layer of a checkpoint with untied embeddings (an embedding model never uses it)
 OUTPUT_TENSOR = ("lm_head.weight", "output.weight", lambda s: (s.vocab, s.hidden))
+#: a reranker's yes/no head: rows CLS_LABELS of ``lm_head.weight`` (of ``embed_tokens.weight`` when
+#: the embeddings are tied); no checkpoint stores it as such, the converter gathers the rows
+CLS_TENSOR = ("lm_head.weight", "cls.output.weight", lambda s: (len(CLS_LABELS), s.hidden))
 
 
-def tensor_table(shape: Qwen3Shape, *, output: bool = False) -> list[TensorSpec]:
+def tensor_table(shape: Qwen3Shape, *, output: bool = False, kind: str = "embedding") -> list[TensorSpec]:
     """Every tensor of a Qwen3 model with ``shape``, in llama.cpp's order (token_embd, blk.0 …
-    blk.N-1, output_norm, and with ``output`` the separate output layer)."""
+    blk.N-1, output_norm, with ``output`` the separate output layer, and for ``kind="reranker"``
+    the yes/no head ``cls.output.weight``)."""
+    if kind not in KINDS:
+        raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     rows: list[tuple[str, str, _Rule]] = [_FIRST]
     rows += [(hf.format(i=i), name.format(i=i), rule) for i in range(shape.layers) for hf, name, rule in BLOCK_TENSORS]
     rows.append(_LAST)
     if output:
         rows.append(OUTPUT_TENSOR)
+    if kind == "reranker":
+        rows.append(CLS_TENSOR)
     return [TensorSpec(hf, name, rule(shape)) for hf, name, rule in rows]
 
 

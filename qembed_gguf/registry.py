@@ -1,5 +1,8 @@
 """The supported models, as data: one ``models/*.toml`` file per model, read into :class:`ModelSpec`.
 
+Two kinds (``kind = "embedding"``, the default, or ``"reranker"``): Qwen3-Embedding and
+Qwen3-Reranker share the decoder and differ in what the GGUF adds (pooling, the yes/no head).
+
 The TOML files ship inside the wheel as the data package ``qembed_gguf.models`` (the repository's
 top-level ``models/`` folder), next to the tiny bundled checkpoint used by the offline demo.
 """
@@ -19,30 +22,36 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from .errors import ModelSpecError, UnknownModelError
-from .layout import Qwen3Shape
+from .layout import KINDS, Qwen3Shape
 
-__all__ = ["ModelSpec", "all_specs", "get_spec", "find_spec", "family_spec", "bundled_dir"]
+__all__ = ["ModelSpec", "KINDS", "all_specs", "get_spec", "find_spec", "family_spec", "bundled_dir"]
 
 _MODELS_PACKAGE = "qembed_gguf.models"
 _TOML_KEYS = {"hidden": "dim"}  # Qwen3Shape field -> the TOML key that holds it
+_POOLING = {"embedding": "last", "reranker": "rank"}  # llama.cpp's pooling of each kind
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """What qembed-gguf knows about one Qwen3-Embedding model.
+    """What qembed-gguf knows about one Qwen3-Embedding or Qwen3-Reranker model.
 
     ``hub_id`` names a Hugging Face repository; ``bundled`` (for the tiny demo model) names a
-    checkpoint folder shipped inside the package instead.
+    checkpoint folder shipped inside the package instead. ``kind`` says which of the two the model
+    is: an embedding model has a Matryoshka minimum and a query template, a reranker has neither
+    but a ``rerank_template`` (the prompt its yes/no head scores, with ``{task}``, ``{query}`` and
+    ``{document}``).
     """
 
     name: str
     shape: Qwen3Shape           # from the TOML's layers, dim (the hidden size), heads, … context keys
-    mrl_min_dim: int
-    query_template: str
     default_task: str
     license: str
+    kind: str = "embedding"
+    mrl_min_dim: int | None = None      # embedding models only
+    query_template: str | None = None   # embedding models only: {task} and {text}
+    rerank_template: str | None = None  # rerankers only: {task}, {query} and {document}
     architecture: str = "Qwen3ForCausalLM"
-    pooling: str = "last"
+    pooling: str | None = None          # "last" for embedding models, "rank" for rerankers (the default)
     eos_token: str = "<|endoftext|>"
     hub_id: str | None = None
     bundled: str | None = None
@@ -51,22 +60,45 @@ class ModelSpec:
     description: str = ""
 
     def __post_init__(self) -> None:
+        def bad(message: str) -> ModelSpecError:
+            return ModelSpecError(f"model spec {self.name!r}: {message}")
+
         for field in dataclasses.fields(Qwen3Shape):
             value = getattr(self.shape, field.name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 key = _TOML_KEYS.get(field.name, field.name)
-                raise ModelSpecError(f"model spec {self.name!r}: {key} must be a positive integer, got {value!r}")
-        if not 0 < self.mrl_min_dim <= self.dim:
-            raise ModelSpecError(f"model spec {self.name!r}: mrl_min_dim {self.mrl_min_dim} not in [1, dim={self.dim}]")
+                raise bad(f"{key} must be a positive integer, got {value!r}")
         if self.shape.heads % self.shape.kv_heads:
-            raise ModelSpecError(f"model spec {self.name!r}: heads {self.shape.heads} not a multiple of kv_heads "
-                                 f"{self.shape.kv_heads}")
-        if "{task}" not in self.query_template or "{text}" not in self.query_template:
-            raise ModelSpecError(f"model spec {self.name!r}: query_template must contain {{task}} and {{text}}")
-        if self.pooling != "last":
-            raise ModelSpecError(f"model spec {self.name!r}: only pooling = 'last' is supported, got {self.pooling!r}")
+            raise bad(f"heads {self.shape.heads} not a multiple of kv_heads {self.shape.kv_heads}")
+        if self.kind not in KINDS:
+            raise bad(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        pooling = _POOLING[self.kind]
+        if self.pooling is None:
+            object.__setattr__(self, "pooling", pooling)
+        elif self.pooling != pooling:
+            raise bad(f"a {self.kind} model has pooling = {pooling!r}, got {self.pooling!r}")
+        if not isinstance(self.default_task, str) or not self.default_task:
+            raise bad("default_task must be a non-empty string")
+        if self.kind == "embedding":
+            if not isinstance(self.mrl_min_dim, int) or isinstance(self.mrl_min_dim, bool) \
+                    or not 0 < self.mrl_min_dim <= self.dim:
+                raise bad(f"mrl_min_dim {self.mrl_min_dim!r} not in [1, dim={self.dim}]")
+            if not isinstance(self.query_template, str) or "{task}" not in self.query_template \
+                    or "{text}" not in self.query_template:
+                raise bad("query_template must contain {task} and {text}")
+            if self.rerank_template is not None:
+                raise bad("rerank_template is for rerankers (kind = 'reranker')")
+        else:
+            for key in ("mrl_min_dim", "query_template"):
+                if getattr(self, key) is not None:
+                    raise bad(f"{key} is for embedding models; a reranker scores (query, document) pairs and "
+                              f"has no vectors")
+            template = self.rerank_template
+            missing = [p for p in ("{task}", "{query}", "{document}") if not isinstance(template, str) or p not in template]
+            if missing:
+                raise bad(f"rerank_template must contain {{task}}, {{query}} and {{document}} (lacks {', '.join(missing)})")
         if (self.hub_id is None) == (self.bundled is None):
-            raise ModelSpecError(f"model spec {self.name!r}: exactly one of hub_id and bundled must be set")
+            raise bad("exactly one of hub_id and bundled must be set")
 
     @property
     def dim(self) -> int:
@@ -81,7 +113,17 @@ class ModelSpec:
 
     def format_query(self, text: str, task: str | None = None) -> str:
         """Apply the query instruction template (``task`` defaults to :attr:`default_task`)."""
+        if self.query_template is None:
+            raise ModelSpecError(f"model {self.name!r} is a {self.kind}; it has no query template")
         return self.query_template.format(task=task if task is not None else self.default_task, text=text)
+
+    def rerank_chat_template(self, task: str | None = None) -> str:
+        """The reranker's prompt with its instruction filled in (``task`` defaults to
+        :attr:`default_task`) and ``{query}`` / ``{document}`` left for each pair: the GGUF's
+        ``tokenizer.chat_template.rerank``, as llama.cpp's converter writes it."""
+        if self.rerank_template is None:
+            raise ModelSpecError(f"model {self.name!r} is a {self.kind}; it has no rerank template")
+        return self.rerank_template.replace("{task}", task if task is not None else self.default_task)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "<mapping>") -> "ModelSpec":
@@ -134,16 +176,19 @@ def get_spec(name: str) -> ModelSpec:
     return spec
 
 
-def family_spec() -> ModelSpec:
-    """A hub model's spec, for the family-wide facts (query template, default task, MRL minimum).
+def family_spec(kind: str = "embedding") -> ModelSpec:
+    """A hub model's spec of ``kind``, for the family-wide facts (embedding models: query template,
+    default task, MRL minimum; rerankers: rerank template, default task).
 
     Used for checkpoints that match no registry entry (fine-tunes, local copies); every hub spec
-    agrees on those facts, which is checked here.
+    of a kind agrees on those facts, which is checked here.
     """
-    hub = [s for s in all_specs() if s.hub_id]
-    facts = {(s.query_template, s.default_task, s.mrl_min_dim) for s in hub}
+    if kind not in KINDS:
+        raise ModelSpecError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    hub = [s for s in all_specs() if s.hub_id and s.kind == kind]
+    facts = {(s.query_template, s.rerank_template, s.default_task, s.mrl_min_dim) for s in hub}
     if len(facts) != 1:
-        raise ModelSpecError(f"model specs disagree on the family defaults: {sorted(facts)}")
+        raise ModelSpecError(f"{kind} model specs disagree on the family defaults: {sorted(facts, key=repr)}")
     return hub[0]
 
 

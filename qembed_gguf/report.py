@@ -62,7 +62,11 @@ def render_info(info: GGUFInfo, *, refusal: Exception | None = None) -> str:
         f"quantization:   {info.file_type}, {info.bits_per_weight:.2f} bits/weight, "
         + ", ".join(f"{k} x{v[0]}" for k, v in info.type_mix.items()),
     ]
-    if info.by_qembed:
+    reranker = info.kind == "reranker"
+    if info.by_qembed and reranker:
+        lines.append(f"qembed:         reranker (yes/no head)  source {g('qembed.source')}  ({g('qembed.converter')})")
+        lines.append(f"default task:   {g('qembed.default_task')!r}")
+    elif info.by_qembed:
         lines.append(f"qembed:         MRL dims {info.mrl_min_dim}..{info.dim}  source {g('qembed.source')}  "
                      f"({g('qembed.converter')})")
         lines.append(f"query template: {g('qembed.query_template')!r}")
@@ -81,8 +85,9 @@ def render_info(info: GGUFInfo, *, refusal: Exception | None = None) -> str:
         lines.append(f"status:         REFUSED: {type(refusal).__name__}{where}; the Embedder and `qembed-gguf "
                      f"verify` refuse this file (the error follows)")
     else:
-        lines.append("status:         " + ("OK for Qwen3 embeddings" if not problems else
-                                          f"{len(problems)} problem(s): vectors from this file may be wrong"))
+        what = ("a Qwen3-Reranker", "scores") if reranker else ("Qwen3 embeddings", "vectors")
+        lines.append("status:         " + (f"OK for {what[0]}" if not problems else
+                                          f"{len(problems)} problem(s): {what[1]} from this file may be wrong"))
     return "\n".join(lines)
 
 
@@ -176,5 +181,6 @@ def readme_fit_table() -> str:
     from .gpuplan import ModelGeometry, fit_table, parse_size
 
     budgets = [parse_size(b) for b in README_BUDGETS]
-    geoms = [ModelGeometry.from_spec(spec, q) for spec in registry.all_specs() if spec.hub_id for q in README_QUANTS]
+    geoms = [ModelGeometry.from_spec(spec, q) for spec in registry.all_specs()
+             if spec.hub_id and spec.kind == "embedding" for q in README_QUANTS]
     return render_fit_table(fit_table(geoms, budgets=budgets, contexts=README_CONTEXTS), budgets)

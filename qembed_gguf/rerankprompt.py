@@ -10,7 +10,11 @@ file's chat template::
 no BOS, nothing appended; the score is ``softmax(logit_no, logit_yes)[yes]`` at the last token. The
 middle part ("the content") is user text: NFC-normalised (the tokenizer.json's normaliser) and
 tokenized as one string, as HF's tokenizer does, with special-token text such as ``<|im_end|>``
-left as text (so a document cannot close the user turn and answer for the model).
+left as text (so a document cannot close the user turn and answer for the model). Qwen3's added
+tokens that are not special (``<think>``, ``<tool_call>`` …) still become their single tokens, in HF
+(``split_special_tokens=True``) and llama.cpp alike; llama.cpp's converter marks ``<|fim_*|>``,
+``<|repo_name|>`` and ``<|file_sep|>`` as control tokens, so in such a file those six stay text
+where HF would match them (the Embedder tokenizes user text the same way).
 
 **The cut.** A pair longer than ``max_tokens`` loses the tail of its content's token ids, which is
 what the model card's ``tokenizer(pairs, truncation='longest_first', max_length=max_length -
@@ -38,6 +42,7 @@ import unicodedata
 from typing import Iterable, Sequence
 
 from .errors import InputTooLongError, InputTypeError
+from .layout import CLS_LABELS as LABELS  # the rows of a reranker GGUF's cls.output.weight: ("yes", "no")
 from .validate import check_text
 
 __all__ = ["PREFIX", "SUFFIX", "DEFAULT_INSTRUCTION", "LABELS", "nfc", "check_query", "check_documents",
@@ -47,7 +52,6 @@ PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements
           "Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n")
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
-LABELS = ("yes", "no")  # the rows of a reranker GGUF's cls.output.weight, as llama.cpp's converter writes them
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<think>", "</think>")  # what PREFIX and SUFFIX must parse into
 
 

@@ -296,3 +296,42 @@ def reranker_ckpts(qwen3_tokenizer_dir, tmp_path_factory):
                                    tokenizer_from=qwen3_tokenizer_dir, seed=6, name="untied-qwen3-reranker",
                                    tie_word_embeddings=False),
     }
+
+
+RERANK_REFERENCE_TYPES = ("f16", "q8_0")  # llama.cpp's converter writes these of each reranker checkpoint
+
+
+@pytest.fixture(scope="session")
+def reranker_gguf(reranker_ckpts, tmp_path_factory):
+    """``get(kind, outtype)``: reranker checkpoint ``kind`` ("tied" / "untied") converted by us, once
+    per type per session (K-quants through llama.cpp's quantizer, as for any file)."""
+    from qembed_gguf import convert
+
+    out, cache = tmp_path_factory.mktemp("reranker-gguf"), {}
+
+    def get(kind: str, outtype: str) -> Path:
+        if (kind, outtype) not in cache:
+            cache[kind, outtype] = convert(reranker_ckpts[kind], outtype=outtype,
+                                           outfile=out / f"{kind}-qwen3-reranker-{outtype}.gguf", quiet=True)
+        return cache[kind, outtype]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reranker_reference(reranker_ckpts, llama_cpp_dir, tmp_path_factory):
+    """``get(kind, outtype)``: the same checkpoint converted by llama.cpp's own converter (one
+    process per checkpoint writes every type of RERANK_REFERENCE_TYPES)."""
+    out, cache = tmp_path_factory.mktemp("reranker-reference"), {}
+
+    def get(kind: str, outtype: str) -> Path:
+        if (kind, outtype) not in cache:
+            jobs = {t: out / f"{kind}-{t}.gguf" for t in RERANK_REFERENCE_TYPES}
+            proc = subprocess.run([sys.executable, str(ROOT / "tests" / "reference_convert.py"), str(llama_cpp_dir),
+                                   str(reranker_ckpts[kind]), *(f"{t}={p}" for t, p in jobs.items())],
+                                  capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, f"llama.cpp's converter failed:\n{proc.stderr[-3000:]}"
+            cache.update({(kind, t): p for t, p in jobs.items()})
+        return cache[kind, outtype]
+
+    return get

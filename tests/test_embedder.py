@@ -125,7 +125,7 @@ def test_gguf_without_pooling_and_eos_keys_still_correct(converted, hf_reference
     stripped = copy_without_keys(converted("tiny", "f16"), tmp_path / "community.gguf",
                                  {"qwen3.pooling_type", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.eos_token_id",
                                   "qembed.format_version", "qembed.mrl_min_dim", "qembed.query_template",
-                                  "qembed.default_task", "qembed.source", "qembed.converter"})
+                                  "qembed.default_task", "qembed.source", "qembed.converter", "qembed.kind"})
     _, ref = hf_reference("tiny")
     with caplog.at_level(logging.WARNING, logger="qembed_gguf"):
         with Embedder(stripped) as e:

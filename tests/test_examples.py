@@ -46,6 +46,11 @@ def embedder():
         yield e
 
 
+@pytest.fixture(scope="session")
+def reranker_q8_gguf(reranker_gguf) -> Path:
+    return reranker_gguf("tied", "q8_0")
+
+
 @pytest.fixture(scope="module")
 def semantic_search():
     return load_example("semantic_search")
@@ -198,6 +203,82 @@ def test_semantic_search_index_matches_library(tmp_path, embedder, semantic_sear
     assert semantic_search.load_index(index_dir, settings=current()) is None
     _, rebuilt = semantic_search.open_index(embedder, docs, **settings, index_dir=index_dir)
     assert [p.text for p in rebuilt if p.file == "tea.txt"] == ["A new paragraph.\n\nAnd another.\n"]
+
+
+def rerank_reference(semantic_search, embedder, reranker, queries: list[str], *, retrieve: int, k: int,
+                     per_file: bool, **chunking) -> list[list[tuple[str, int, int, float]]]:
+    """(file, start, end, reranker score) of each query's ``k`` best candidates among the bundled
+    docs: the example's own search at depth ``retrieve`` (tested above against numpy), reranked by
+    ``Reranker.rerank``."""
+    index, passages = semantic_search.open_index(embedder, DATA / "docs", **chunking)
+    out = []
+    for query, hits in zip(queries, semantic_search.search(embedder, index, passages, queries, k=retrieve,
+                                                           per_file=per_file)):
+        ranked = reranker.rerank(query, [h.passage.text for h in hits])  # all of them: the gaps are checked
+        assert all(a[1] - b[1] > 1e-5 for a, b in zip(ranked, ranked[1:])), "a near tie: rounding would decide"
+        out.append([(hits[i].passage.file, hits[i].passage.start, hits[i].passage.end, s) for i, s in ranked[:k]])
+    return out
+
+
+def test_semantic_search_rerank(tmp_path, embedder, reranker_q8_gguf, semantic_search):
+    """--rerank: the index's --retrieve candidates reranked by the Reranker, its score shown beside the cosine."""
+    from qembed_gguf import Reranker
+
+    queries = ["How do volcanoes erupt?", "Wie speichert man Strom?"]
+    proc = run_example("semantic_search", "--json", "-k", "3", "--rerank", str(reranker_q8_gguf),
+                       *[a for q in queries for a in ("-q", q)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    # --every-chunk, and the text output: rank, reranker score, (cosine), file, [start:end], snippet
+    text = run_example("semantic_search", "-k", "4", "--every-chunk", "--retrieve", "6", "--chunk-tokens", "64",
+                       "--overlap", "8", "--rerank", str(reranker_q8_gguf), "-q", queries[0], cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    header, *rows = text.stdout.rstrip("\n").splitlines()
+    assert header == f"query: {queries[0]}" and len(rows) == 4
+    with Reranker(reranker_q8_gguf, n_threads=2) as reranker:
+        want = rerank_reference(semantic_search, embedder, reranker, queries, retrieve=12, k=3,  # 12: 4 x -k
+                                per_file=True)
+        [every] = rerank_reference(semantic_search, embedder, reranker, queries[:1], retrieve=6, k=4, per_file=False,
+                                   chunk_tokens=64, overlap=8)
+        # the module's rerank() in-process: the same hits, its Hit fields filled
+        index = semantic_search.open_index(embedder, DATA / "docs", chunk_tokens=64, overlap=8)
+        hits = semantic_search.search(embedder, *index, queries[:1], k=6, per_file=False)
+        [reranked] = semantic_search.rerank(reranker, queries[:1], hits, k=4)
+    for r, expected in zip(results, want):
+        assert len(r["hits"]) == 3
+        assert [(Path(h["file"]).name, h["start"], h["end"]) for h in r["hits"]] == [w[:3] for w in expected]
+        scores = [h["rerank_score"] for h in r["hits"]]
+        assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+        np.testing.assert_allclose(scores, [w[3] for w in expected], atol=2e-6)  # printed with 6 decimals
+        assert all(-1 - 1e-5 <= h["score"] <= 1 + 1e-5 for h in r["hits"])  # the cosine is still there
+        assert all(file_text(Path(h["file"]))[h["start"]:h["end"]] == h["text"] for h in r["hits"])
+    assert [(h.passage.file, h.passage.start, h.passage.end, h.rerank_score) for h in reranked] == every
+    cosine = {h.passage: h.score for h in hits[0]}
+    assert all(h.score == cosine[h.passage] for h in reranked)  # each keeps its cosine similarity
+    shown = []
+    for row, (name, start, end, score) in zip(rows, every):
+        _, rerank_score, cos, file, span, *_ = row.split()
+        assert (file, span) == (name, f"[{start}:{end}]") and float(rerank_score) == pytest.approx(score, abs=1e-4)
+        assert cos.startswith("(") and cos.endswith(")") and -1 <= float(cos.strip("()")) <= 1
+        shown.append(float(rerank_score))
+    assert shown == sorted(shown, reverse=True)
+
+
+def test_semantic_search_rerank_options(tmp_path, semantic_search, capsys):
+    parse = semantic_search.parse_args
+    assert parse(["-q", "x", "--rerank", "r.gguf", "-k", "3"]).retrieve == 12  # default: 4 x --top-k
+    assert parse(["-q", "x", "--rerank", "r.gguf", "-k", "3", "--retrieve", "3"]).retrieve == 3
+    assert parse(["-q", "x"]).retrieve is None
+    for argv, message in ((["--retrieve", "9"], "--retrieve: only with --rerank"),
+                          (["--rerank-instruction", "y"], "--rerank-instruction: only with --rerank"),
+                          (["--rerank", "r.gguf", "-k", "4", "--retrieve", "3"], "must be at least --top-k")):
+        with pytest.raises(SystemExit) as exc:
+            parse(["-q", "x", *argv])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    # an embedding model is not a reranker: one error line, before the folder is embedded
+    proc = run_example("semantic_search", "-v", "-q", "x", "--rerank", "tiny", cwd=tmp_path)
+    assert proc.returncode == 1 and "an embedding model" in proc.stderr and "embedded" not in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_semantic_search_offsets_are_the_files_own(tmp_path, embedder, semantic_search):

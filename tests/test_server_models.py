@@ -387,7 +387,7 @@ def test_served_models_validation(refs):
     assert isinstance(err.value, ValueError) and "'split', 'time'" in str(err.value)
     # what is valid
     one = served_models(small, ServerConfig(model_names=("a", "b")))
-    assert [(m.embedder, m.names) for m in one] == [(small, ("a", "b"))]
+    assert [(m.model, m.names) for m in one] == [(small, ("a", "b"))]
     both = [ServedModel(small, ("a",)), ServedModel(wide, ("b", "c"))]
     assert served_models(both, ServerConfig()) == both
     assert served_models(tuple(both), ServerConfig(cpu_sharing="time")) == both
@@ -579,12 +579,13 @@ class _FakeEmbedder:
 def cli(monkeypatch):
     from click.testing import CliRunner
 
-    from qembed_gguf import devices, embedder, server
+    from qembed_gguf import devices, embedder, opening, server
     from qembed_gguf.cli import main
 
     seen = {}
     monkeypatch.setattr(server, "run", lambda models, config, **kw: seen.update(models=models, config=config, **kw))
-    monkeypatch.setattr(embedder, "Embedder", _FakeEmbedder)
+    monkeypatch.setattr(embedder, "Embedder", _FakeEmbedder)  # ServedModel's type check sees the fake
+    monkeypatch.setattr(opening, "open_model", _FakeEmbedder)   # what serve opens each MODEL with
     monkeypatch.setattr(devices, "usable_cpus", lambda: 4)
     monkeypatch.setattr(_FakeEmbedder, "made", [])
     monkeypatch.setattr(_FakeEmbedder, "fail_on", None)
@@ -601,9 +602,9 @@ def test_serve_two_models_with_a_name_each(cli):
     assert r.exit_code == 0, r.output
     models, config = seen["models"], seen["config"]
     assert isinstance(models, list) and all(isinstance(m, ServedModel) for m in models)
-    assert [(m.embedder.path, m.names) for m in models] == [("a.gguf", ("query",)), ("b.gguf", ("docs",))]
+    assert [(m.model.path, m.names) for m in models] == [("a.gguf", ("query",)), ("b.gguf", ("docs",))]
     assert config.model_names == () and config.cpu_sharing == "split"
-    assert [m.embedder.kwargs["n_threads"] for m in models] == [1, 1]  # split: 2 threads, 1 each
+    assert [m.model.kwargs["n_threads"] for m in models] == [1, 1]  # split: 2 threads, 1 each
     served_models(models, config)  # what run() would serve is valid
 
 
@@ -612,7 +613,7 @@ def test_serve_two_models_default_names(cli):
     assert r.exit_code == 0, r.output
     assert [m.names for m in seen["models"]] == [("first",), ("second",)]
     # no --threads: the usable CPUs (4 here) split between them
-    assert [m.embedder.kwargs["n_threads"] for m in seen["models"]] == [2, 2]
+    assert [m.model.kwargs["n_threads"] for m in seen["models"]] == [2, 2]
 
 
 def test_serve_names_must_match_the_models(cli):
@@ -634,15 +635,15 @@ def test_serve_names_must_match_the_models(cli):
 def test_serve_cpu_sharing(cli):
     r, seen = cli("a.gguf", "b.gguf", "--cpu-sharing", "split", "--threads", "5")
     assert r.exit_code == 0, r.output
-    assert [m.embedder.kwargs["n_threads"] for m in seen["models"]] == [3, 2]
+    assert [m.model.kwargs["n_threads"] for m in seen["models"]] == [3, 2]
     assert seen["config"].cpu_sharing == "split"
     r, seen = cli("a.gguf", "b.gguf", "--cpu-sharing", "time", "--threads", "2")
     assert r.exit_code == 0, r.output
-    assert [m.embedder.kwargs["n_threads"] for m in seen["models"]] == [2, 2]  # each all of them
+    assert [m.model.kwargs["n_threads"] for m in seen["models"]] == [2, 2]  # each all of them
     assert seen["config"].cpu_sharing == "time" and seen["config"].model_names == ()
     r, seen = cli("a.gguf", "b.gguf", "c.gguf", "--cpu-sharing", "time")
     assert r.exit_code == 0, r.output
-    assert [m.embedder.kwargs["n_threads"] for m in seen["models"]] == [None] * 3  # the Embedder's default: all
+    assert [m.model.kwargs["n_threads"] for m in seen["models"]] == [None] * 3  # the Embedder's default: all
 
 
 def test_serve_one_model_is_served_as_before(cli):

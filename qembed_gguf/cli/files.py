@@ -51,7 +51,8 @@ def convert(ctx, src, outtype, outfile, force, revision, threads, quiet):
 @click.pass_context
 @library_errors
 def info(ctx, file, as_json):
-    """Show what a GGUF file holds and whether it is right for Qwen3 embeddings.
+    """Show what a GGUF file holds, which kind of model it is (embedding or reranker) and whether it
+    is right for Qwen3 embeddings (or Qwen3-Reranker scores).
 
     The file is validated as the Embedder and `verify` validate it (check_gguf). Exits with 1 when
     it is refused (the error names the field and byte offset; with --json it is the "error"
@@ -77,6 +78,8 @@ def info(ctx, file, as_json):
             sys.exit(1)
     else:
         click.echo(render_info(gi, refusal=refusal))
+        click.echo(f"kind:      {gi.kind}" + (" (Qwen3-Reranker: RANK pooling, yes/no head cls.output.weight)"
+                                              if gi.kind == "reranker" else ""))
         click.echo("integrity: " + ("sealed (qembed-gguf verify FILE checks every byte)" if sealed else
                                     "no seal (not written by qembed-gguf convert; cannot be verified)"))
         if refusal is not None:
@@ -116,12 +119,13 @@ def verify(ctx, file):
 
 @main.command("models")
 def list_models():
-    """List the models qembed-gguf knows by name."""
+    """List the models qembed-gguf knows by name, with their kind (embedding or reranker)."""
     for spec in registry.all_specs():
         where = spec.hub_id or f"bundled ({spec.bundled})"
         note = "" if spec.semantic else "  [random weights, non-semantic]"
-        click.echo(f"{spec.name:24} {where:34} dim {spec.dim:5}  layers {spec.shape.layers:3}  "
-                   f"MRL {spec.mrl_min_dim}..{spec.dim}{note}")
+        output = f"MRL {spec.mrl_min_dim}..{spec.dim}" if spec.kind == "embedding" else "scores (query, document)"
+        click.echo(f"{spec.name:24} {where:34} {spec.kind:9}  dim {spec.dim:5}  layers {spec.shape.layers:3}  "
+                   f"{output}{note}")
 
 
 @main.command()

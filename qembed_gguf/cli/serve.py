@@ -84,7 +84,7 @@ def serve(ctx, models, host, port, api_key, model_names, cpu_sharing, cache_spec
     except ImportError as e:
         raise click.ClickException(str(e)) from None
     from ..devices import split_threads, usable_cpus
-    from ..embedder import Embedder
+    from ..opening import open_model
 
     setup_logging(ctx.obj["verbose"], quiet=False)
     if truncate:
@@ -117,17 +117,17 @@ def serve(ctx, models, host, port, api_key, model_names, cpu_sharing, cache_spec
     served = []
     try:
         for path, ids, n_threads in zip(models, names, threads_each):
-            embedder = Embedder(path, n_threads=n_threads, n_gpu_layers=n_gpu_layers, vram_budget=vram,
+            opened = open_model(path, n_threads=n_threads, n_gpu_layers=n_gpu_layers, vram_budget=vram,
                                 max_tokens=max_tokens, flash_attn=flash_attn, cache=cache_spec,
                                 long_inputs="chunk" if long_inputs == "chunk" else "truncate",
-                                chunk_overlap=chunk_overlap)
-            served.append(ServedModel(embedder, ids))
+                                chunk_overlap=chunk_overlap)  # an Embedder, or a Reranker for a reranker file
+            served.append(ServedModel(opened, ids))
     except BaseException:
         for m in served:
-            m.embedder.close()
+            m.model.close()
         raise
     try:
-        run(served[0].embedder if len(served) == 1 else served, config, host=host, port=port,
+        run(served[0].model if len(served) == 1 else served, config, host=host, port=port,
             log_level="debug" if ctx.obj["verbose"] > 1 else "info")
     except ServerStartError as e:
         raise click.ClickException(str(e)) from None

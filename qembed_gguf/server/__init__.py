@@ -65,12 +65,12 @@ def run(models: "Embedder | Sequence[ServedModel]", config: ServerConfig, *, hos
     if not is_loopback(host) and not config.api_key:
         log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
                     "(set --api-key or QEMBED_API_KEY)", host)
-    embedders = [models] if isinstance(models, Embedder) else [getattr(m, "embedder", None) for m in models]
+    embedders = [models] if isinstance(models, Embedder) else [getattr(m, "model", None) for m in models]
     try:
         app = create_app(models, config, close_embedder=True, bind_host=host)
     except BaseException:  # the models given are the server's: freed whatever was wrong
         for e in embedders:
-            if isinstance(e, Embedder):
+            if hasattr(e, "close"):
                 e.close()
         raise
     server_state = app.state.server

@@ -40,6 +40,7 @@ from starlette.routing import Route
 
 from ..embedder import Embedder
 from ..errors import InputError
+from ..reranker import Reranker
 from .access import AccessLog, note_model
 from .config import ServedModel, ServerConfig
 from .cpu import TakeTurns
@@ -58,17 +59,18 @@ WARMUP_WAIT_S = 2.0  # how long the startup waits for the warm-up decodes before
 _STATUS_RANK = {"ok": 0, "loading": 1, "unavailable": 2}
 
 
-def served_models(models: "Embedder | Sequence[ServedModel]", config: ServerConfig) -> list[ServedModel]:
-    """What :func:`create_app` serves: one Embedder under ``config.model_names``, or several
-    :class:`ServedModel` s (then ``config.model_names`` stays empty); ids must be unique."""
-    if isinstance(models, Embedder):
+def served_models(models: "Embedder | Reranker | Sequence[ServedModel]", config: ServerConfig) -> list[ServedModel]:
+    """What :func:`create_app` serves: one Embedder or Reranker under ``config.model_names``, or
+    several :class:`ServedModel` s (then ``config.model_names`` stays empty); ids must be unique."""
+    if isinstance(models, (Embedder, Reranker)):
         if not config.model_names:
             raise InputError("ServerConfig.model_names is empty: name the ids clients send as 'model'")
         served = [ServedModel(models, tuple(config.model_names))]
     else:
         served = list(models)
         if not served or not all(isinstance(m, ServedModel) for m in served):
-            raise InputError(f"create_app serves an Embedder or a non-empty sequence of ServedModel, got {models!r}")
+            raise InputError(f"create_app serves an Embedder, a Reranker or a non-empty sequence of ServedModel, "
+                             f"got {models!r}")
         if config.model_names:
             raise InputError("with several models, each model's ids go in its ServedModel: leave "
                              "ServerConfig.model_names empty")
@@ -81,7 +83,7 @@ def served_models(models: "Embedder | Sequence[ServedModel]", config: ServerConf
                                  f"the model id {name!r} is given to model {seen[name]} and model {k}: each id must "
                                  f"name one model")
             seen[name] = k
-        if any(m.embedder is other.embedder for other in served[:k]):
+        if any(m.model is other.model for other in served[:k]):
             raise InputError(f"model {k} ({m.names[0]!r}) is the same Embedder as an earlier one: give it more ids "
                              f"(aliases) instead")
     return served
@@ -175,6 +177,15 @@ class EmbeddingServer:
             return _gone()
         return await service.embeddings(request, parsed, large=large)
 
+    async def rerank(self, request: Request) -> Response:
+        try:
+            service, parsed, large = await self._read(request, queues=True)
+        except APIError as err:
+            return _error(err)
+        except ClientDisconnect:
+            return _gone()
+        return await service.rerank(request, parsed, large=large)
+
     async def tokenize(self, request: Request) -> Response:
         """``POST /tokenize`` (:meth:`ModelService.tokenize_body`)."""
         return await self._tokens(request, ModelService.tokenize_body)
@@ -247,10 +258,10 @@ class EmbeddingServer:
             await asyncio.gather(*(asyncio.to_thread(s.batcher.stop, grace) for s in self.services))
             if close_embedders:
                 for s in self.services:
-                    s.embedder.close()
+                    s.model.close()
 
 
-def create_app(models: "Embedder | Sequence[ServedModel]", config: ServerConfig, *, close_embedder: bool = False,
+def create_app(models: "Embedder | Reranker | Sequence[ServedModel]", config: ServerConfig, *, close_embedder: bool = False,
                bind_host: str | None = None) -> Starlette:
     """The ASGI app serving one Embedder (under ``config.model_names``) or several
     :class:`ServedModel` s, each with its own worker and queue; the workers start and stop with the
@@ -291,6 +302,8 @@ def create_app(models: "Embedder | Sequence[ServedModel]", config: ServerConfig,
         routes=[
             Route("/v1/embeddings", server.embeddings, methods=["POST"]),
             Route("/embeddings", server.embeddings, methods=["POST"]),
+            Route("/v1/rerank", server.rerank, methods=["POST"]),
+            Route("/rerank", server.rerank, methods=["POST"]),
             Route("/v1/models", server.models, methods=["GET"]),
             Route("/v1/models/{name:path}", server.model, methods=["GET"]),
             Route("/health", server.health, methods=["GET"]),

@@ -12,19 +12,26 @@ from .protocol import Limits
 
 if TYPE_CHECKING:
     from ..embedder import Embedder
+    from ..reranker import Reranker
 
 __all__ = ["ServedModel", "ServerConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
 class ServedModel:
-    """One model of a server of several: its Embedder and the ids clients send as ``model`` for it
-    (the first is its name in ``/health`` and the metrics; the others are aliases)."""
+    """One model of a server of several: an Embedder (answering ``/v1/embeddings``) or a Reranker
+    (answering ``/v1/rerank``), and the ids clients send as ``model`` for it (the first is its name
+    in ``/health`` and the metrics; the others are aliases)."""
 
-    embedder: "Embedder"
+    model: "Embedder | Reranker"
     names: tuple[str, ...]
 
     def __post_init__(self):
+        from ..embedder import Embedder
+        from ..reranker import Reranker
+
+        if not isinstance(self.model, (Embedder, Reranker)):
+            raise InputError(f"ServedModel.model must be an Embedder or a Reranker, got {type(self.model).__name__}")
         if isinstance(self.names, str) or not self.names or not all(isinstance(n, str) and n for n in self.names):
             raise InputError(f"ServedModel.names must be a non-empty tuple of non-empty strings, got {self.names!r}")
 

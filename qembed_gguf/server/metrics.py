@@ -35,8 +35,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 INPUT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 384, 512, 1024, 2048, 4096, 8192, 32768)
 
-ENDPOINTS = frozenset({"/v1/embeddings", "/embeddings", "/v1/models", "/health", "/metrics", "/tokenize",
-                       "/detokenize"})
+ENDPOINTS = frozenset({"/v1/embeddings", "/embeddings", "/v1/rerank", "/rerank", "/v1/models", "/health",
+                       "/metrics", "/tokenize", "/detokenize"})
 
 
 def endpoint_label(path: str) -> str:

@@ -1,6 +1,8 @@
-"""One served model: its Embedder, its :class:`MicroBatcher` (worker and queue) and how it answers
-the requests routed to it (:class:`ModelService`). The app (:mod:`.app`) reads each body, finds
-the model it names and hands it here."""
+"""One served model: its Embedder (or Reranker), its :class:`MicroBatcher` (worker and queue) and
+how it answers the requests routed to it (:class:`ModelService`). The app (:mod:`.app`) reads each
+body, finds the model it names and hands it here. An embedding model answers ``/v1/embeddings``,
+``/tokenize`` and ``/detokenize``; a reranker answers ``/v1/rerank``; each refuses the other's
+routes with a 400 naming the right one."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from starlette.responses import Response
 from ..errors import InputError, InputTooLongError, InvalidTextError
 from ..longinputs import check_policy
 from ..lookup import Pending
+from ..reranker import Reranker
 from .access import note_embedded
 from .batcher import Job, JobCancelled, JobResult, MicroBatcher, QueueFull, ShuttingDown, TooManyTokens
 from .config import ServedModel, ServerConfig
@@ -25,6 +28,7 @@ from .http import _ClientLeft, _disconnected, _dumps, _error, _gone, _JSON
 from .metrics import ServerMetrics
 from .protocol import (APIError, EmbeddingRequest, RequestBody, input_too_long, parse_detokenize_request,
                        parse_embedding_request, parse_tokenize_request, too_many_tokens)
+from .rerankwire import RerankRequest, parse_rerank_request, rerank_body
 from .responses import embeddings_body
 
 __all__ = ["ModelService"]
@@ -45,7 +49,10 @@ class ModelService:
     CPU, :mod:`.cpu`), or None."""
 
     def __init__(self, model: ServedModel, config: ServerConfig, metrics: ServerMetrics, *, decode_turn=None):
-        embedder = model.embedder
+        self.model = model.model
+        self.reranker = self.model if isinstance(self.model, Reranker) else None
+        self.kind = "reranker" if self.reranker is not None else "embedding"
+        embedder = self.reranker.decoder if self.reranker is not None else self.model
         try:
             check_policy(config.long_inputs, config.chunk_overlap, max_tokens=embedder.max_tokens)
         except InputError as e:
@@ -109,6 +116,7 @@ class ModelService:
         s = self.embedder.stats
         return {
             "model": self.name,
+            "kind": self.kind,
             "aliases": list(self.names[1:]),
             "status": self.status,
             "dim": self.embedder.dim,
@@ -169,9 +177,60 @@ class ModelService:
                 return _error(unavailable)
             return _error(APIError(400, str(err), param=param(None)))
 
+    def _wrong_route(self, wanted: str) -> Response | None:
+        """The 400 for a request to a route this model does not answer (``wanted``: the route's kind)."""
+        if self.kind == wanted:
+            return None
+        return _error(self._kind_error())
+
+    def _kind_error(self) -> APIError:
+        what, route = ("a reranker", "/v1/rerank") if self.kind == "reranker" else ("an embedding model",
+                                                                                    "/v1/embeddings")
+        return APIError(400, f"the model {self.name!r} is {what}: send its requests to {route}", param="model",
+                        code="wrong_model_kind")
+
+    async def rerank(self, request: Request, body: RequestBody, *, large: bool) -> Response:
+        """``POST /v1/rerank`` for this model (:mod:`.rerankwire`): each document's prompt is one row
+        of the batcher, decoded next to other requests' rows; the scores from the rows' hidden states."""
+        wrong = self._wrong_route("reranker")
+        if wrong is not None:
+            return wrong
+        with self.batcher.arriving():
+            try:
+                req = await asyncio.to_thread(self._parse_rerank, body) if large else self._parse_rerank(body)
+                # tokenizing takes the model's lock, which a decode call may hold: off the event loop
+                rows = await asyncio.to_thread(self.reranker.tokenize, req.query, req.documents,
+                                               instruction=req.instruction)
+            except APIError as err:
+                return _error(err)
+            except InputTooLongError as err:
+                return _error(APIError(400, f"the query and instruction alone take {err.n_tokens} tokens, more than "
+                                            f"this server's limit of {err.max_tokens} per prompt", param="query",
+                                       code="input_too_long"))
+            except InputError as err:
+                return _error(self.unavailable() or APIError(400, str(err), param="documents"))
+            job = Job(texts=None, tokens=None, decode=[True] * len(rows), long_inputs="error", prepared=rows)
+            refused = self._submit(job)
+            if refused is not None:
+                return refused
+        result = await self._outcome(request, job, lambda i: f"documents[{i}]" if i is not None else "documents")
+        if isinstance(result, Response):
+            return result
+        self.requests += 1
+        scores = self.reranker.scores(result.pooled)
+        prompt_tokens = sum(len(r) for r in rows)
+        note_embedded(request, len(rows), prompt_tokens)
+        return _JSON(rerank_body(scores, req, prompt_tokens=prompt_tokens))
+
+    def _parse_rerank(self, body: RequestBody) -> RerankRequest:
+        return parse_rerank_request(body, served=self.names, limits=self.limits)
+
     async def embeddings(self, request: Request, body: RequestBody, *, large: bool) -> Response:
         """``POST /v1/embeddings`` for this model: ``body`` is read and names it; ``large``: parse
         off the event loop."""
+        wrong = self._wrong_route("embedding")
+        if wrong is not None:
+            return wrong
         with self.batcher.arriving():  # only once the body is in: a stalled upload delays no batch
             try:
                 req = await asyncio.to_thread(self.parse, body) if large else self.parse(body)
@@ -256,6 +315,8 @@ class ModelService:
     # -- tokens -----------------------------------------------------------------------------------
     def tokenize_body(self, body: RequestBody) -> bytes:
         """``POST /tokenize``: each input's token ids as it is embedded (:meth:`Embedder.tokenize`)."""
+        if self.kind != "embedding":  # a reranker's prompts are not its inputs' tokens
+            raise self._kind_error()
         _, texts = parse_tokenize_request(body, served=self.names, limits=self.limits)
         return _dumps({"tokens": self.embedder.tokenize(texts)})
 

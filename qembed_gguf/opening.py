@@ -11,21 +11,19 @@ from typing import Any
 from .fileinfo import read_gguf_info
 from .modelcache import resolve_model
 
-__all__ = ["open_model", "EMBEDDING_ONLY"]
+__all__ = ["open_model"]
 
 log = logging.getLogger(__name__)
-
-#: Embedder options a Reranker has no use for (no vectors to cut, normalise, chunk or cache)
-EMBEDDING_ONLY = ("dim", "normalize", "long_inputs", "truncate", "chunk_overlap", "cache")
 
 
 def open_model(model: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
                convert_type: str = "q6_k", revision: str | None = None, **kwargs: Any):
     """The model ``model`` names, opened as what it is: ``Embedder(path, **kwargs)`` or, for a
     reranker file, ``Reranker(path, **kwargs)`` without the embedding-only options
-    (:data:`EMBEDDING_ONLY`; one given with a value other than its default is logged and ignored)."""
+    (:data:`~qembed_gguf.reranker.EMBEDDING_ONLY`; one given with a value other than its default is
+    logged and ignored)."""
     from .embedder import Embedder
-    from .reranker import Reranker
+    from .reranker import EMBEDDING_ONLY, Reranker
 
     path = resolve_model(model, cache_dir=cache_dir, outtype=convert_type, revision=revision)
     if read_gguf_info(path).kind != "reranker":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import gguf
 import numpy as np
@@ -30,7 +30,10 @@ from .fileinfo import CLS_OUT
 from .gguf_reader import mapped, parse_view
 from .validate import check_int
 
-__all__ = ["Reranker"]
+__all__ = ["Reranker", "EMBEDDING_ONLY"]
+
+#: Embedder options a Reranker has no use for (no vectors to cut, normalise, chunk or cache)
+EMBEDDING_ONLY = ("dim", "normalize", "long_inputs", "truncate", "chunk_overlap", "cache")
 
 log = logging.getLogger(__name__)
 
@@ -78,32 +81,14 @@ class Reranker:
     One Reranker may be shared by threads: calls into llama.cpp are serialised internally.
     """
 
-    def __init__(
-        self,
-        model: str | os.PathLike[str],
-        *,
-        n_gpu_layers: int | str = 0,
-        vram_budget: int | str | None = None,
-        n_threads: int | None = None,
-        max_tokens: int | None = None,
-        n_ctx: int | None = None,
-        n_ubatch: int = 512,
-        max_batch_sequences: int = 64,
-        flash_attn: bool | None = True,
-        kv_cache_type: str = "f16",
-        use_mmap: bool | None = None,
-        repack: bool | None = None,
-        verify: bool = False,
-        verbose: bool = False,
-        cache_dir: str | os.PathLike[str] | None = None,
-        convert_type: str = "q6_k",
-        revision: str | None = None,
-    ):
-        self._decoder = _Decoder(
-            model, n_gpu_layers=n_gpu_layers, vram_budget=vram_budget, n_threads=n_threads, max_tokens=max_tokens,
-            n_ctx=n_ctx, n_ubatch=n_ubatch, max_batch_sequences=max_batch_sequences, flash_attn=flash_attn,
-            kv_cache_type=kv_cache_type, use_mmap=use_mmap, repack=repack, verify=verify, verbose=verbose,
-            cache_dir=cache_dir, convert_type=convert_type, revision=revision)
+    def __init__(self, model: str | os.PathLike[str], **options: Any):
+        """``options``: the :class:`~qembed_gguf.Embedder`'s keywords (``n_gpu_layers``,
+        ``n_threads``, ``max_tokens``, ``n_ubatch`` …) but those about vectors
+        (:data:`EMBEDDING_ONLY`), which are refused by name."""
+        given = sorted(set(options) & set(EMBEDDING_ONLY))
+        if given:
+            raise InputError(f"{', '.join(given)}: Embedder options about vectors; a Reranker has none")
+        self._decoder = _Decoder(model, **options)
         try:
             self._head = read_head(self.path, dim=self._decoder.dim)
             runtime = self._decoder._runtime

@@ -43,7 +43,7 @@ from typing import Iterable, Sequence
 
 from .errors import InputTooLongError, InputTypeError
 from .layout import CLS_LABELS as LABELS  # the rows of a reranker GGUF's cls.output.weight: ("yes", "no")
-from .validate import check_text
+from .validate import check_text, check_text_items
 
 __all__ = ["PREFIX", "SUFFIX", "DEFAULT_INSTRUCTION", "LABELS", "nfc", "check_query", "check_documents",
            "check_instruction", "content_text", "head_text", "head_length", "fit_pair"]
@@ -82,12 +82,7 @@ def check_documents(documents) -> list[str]:
     than read as one document or as its characters: ``documents=["..."]`` says which is meant."""
     if isinstance(documents, (str, bytes, bytearray)) or not isinstance(documents, Iterable):
         raise InputTypeError(f"documents must be a sequence of strings (a list), got {type(documents).__name__}")
-    docs = list(documents)
-    for i, d in enumerate(docs):
-        if not isinstance(d, str):
-            raise InputTypeError(f"documents[{i}] is {type(d).__name__}, not str")
-        check_text(d, "documents", i)
-    return docs
+    return check_text_items(documents, "documents")
 
 
 def content_text(instruction: str, query: str, document: str) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import InputError, InputTooLongError, InputTypeError, InvalidTextError
 
-__all__ = ["check_int", "check_number", "check_text", "check_texts", "check_token_ids", "check_token_lists",
+__all__ = ["check_int", "check_number", "check_text", "check_texts", "check_text_items", "check_token_ids", "check_token_lists",
            "lone_surrogate",
            "context_sizes", "fit_sequences", "DEFAULT_MAX_TOKENS", "MAX_SEQUENCES", "MAX_THREADS"]
 
@@ -101,12 +101,18 @@ def check_texts(texts: str | Sequence[str]) -> list[str]:
         return [check_text(texts, "texts", 0)]
     if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
         raise InputTypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
+    return check_text_items(texts, "texts")
+
+
+def check_text_items(items: Iterable, name: str) -> list[str]:
+    """``items`` as a list, each a valid text (:func:`check_text`); a non-string is an
+    :class:`InputTypeError` naming ``name[i]``."""
+    items = list(items)
+    for i, t in enumerate(items):
         if not isinstance(t, str):
-            raise InputTypeError(f"texts[{i}] is {type(t).__name__}, not str")
-        check_text(t, "texts", i)
-    return texts
+            raise InputTypeError(f"{name}[{i}] is {type(t).__name__}, not str")
+        check_text(t, name, i)
+    return items
 
 
 def check_token_lists(inputs: Sequence[Sequence[int]], n_vocab: int) -> list[list[int]]:

@@ -155,3 +155,15 @@ class RerankerLifetime(_Lifetime):
 
     def _held(self) -> tuple[Reranker, bool]:
         return self._reranker, self._owns_reranker
+
+    def _adopt(self, reranker: Reranker, owned: bool, init) -> None:
+        """Run the framework's own ``init()`` (its pydantic constructor), then hold ``reranker``;
+        an ``init`` that fails frees what was opened for it."""
+        try:
+            init()
+        except Exception:  # pydantic refused a field
+            if owned:
+                reranker.close()
+            raise
+        self._reranker = reranker
+        self._owns_reranker = owned

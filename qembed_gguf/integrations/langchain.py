@@ -107,14 +107,7 @@ class QembedReranker(RerankerLifetime, BaseDocumentCompressor):
                  **reranker_kwargs: Any) -> None:
         reranker, owned, top_n = open_reranker(model, top_n=top_n, instruction=instruction,
                                                reranker_kwargs=reranker_kwargs)
-        try:
-            super().__init__(top_n=top_n, instruction=instruction)
-        except Exception:  # pydantic refused a field: free what we opened
-            if owned:
-                reranker.close()
-            raise
-        self._reranker = reranker
-        self._owns_reranker = owned
+        self._adopt(reranker, owned, lambda: super(QembedReranker, self).__init__(top_n=top_n, instruction=instruction))
 
     def compress_documents(self, documents: Sequence[Document], query: str,
                            callbacks: Callbacks | None = None) -> Sequence[Document]:

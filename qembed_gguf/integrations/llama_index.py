@@ -143,15 +143,9 @@ class QembedRerank(RerankerLifetime, BaseNodePostprocessor):
                  callback_manager: CallbackManager | None = None, **reranker_kwargs: Any) -> None:
         reranker, owned, top_n = open_reranker(model, top_n=top_n, instruction=instruction,
                                                reranker_kwargs=reranker_kwargs)
-        try:
-            super().__init__(model=reranker.path.name, top_n=top_n, instruction=instruction,
-                             callback_manager=callback_manager or CallbackManager())
-        except Exception:  # pydantic refused a field: free what we opened
-            if owned:
-                reranker.close()
-            raise
-        self._reranker = reranker
-        self._owns_reranker = owned
+        self._adopt(reranker, owned, lambda: super(QembedRerank, self).__init__(
+            model=reranker.path.name, top_n=top_n, instruction=instruction,
+            callback_manager=callback_manager or CallbackManager()))
 
     @classmethod
     def class_name(cls) -> str:

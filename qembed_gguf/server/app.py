@@ -169,22 +169,23 @@ class EmbeddingServer:
 
     # -- routes -------------------------------------------------------------------------------------
     async def embeddings(self, request: Request) -> Response:
-        try:
-            service, parsed, large = await self._read(request, queues=True)
-        except APIError as err:
-            return _error(err)
-        except ClientDisconnect:
-            return _gone()
-        return await service.embeddings(request, parsed, large=large)
+        """``POST /v1/embeddings`` (:meth:`ModelService.embeddings`)."""
+        return await self._queued(request, ModelService.embeddings)
 
     async def rerank(self, request: Request) -> Response:
+        """``POST /v1/rerank`` (:meth:`ModelService.rerank`)."""
+        return await self._queued(request, ModelService.rerank)
+
+    async def _queued(self, request: Request, answer) -> Response:
+        """The checks of :meth:`_read`, then ``answer(service, request, body, large=...)``, which
+        queues the model's work."""
         try:
             service, parsed, large = await self._read(request, queues=True)
         except APIError as err:
             return _error(err)
         except ClientDisconnect:
             return _gone()
-        return await service.rerank(request, parsed, large=large)
+        return await answer(service, request, parsed, large=large)
 
     async def tokenize(self, request: Request) -> Response:
         """``POST /tokenize`` (:meth:`ModelService.tokenize_body`)."""

@@ -280,6 +280,17 @@ def _request(body: bytes | RequestBody, served: Sequence[str], field: str) -> tu
     return obj, model, parsed.constants
 
 
+def _instruction(obj: dict) -> str | None:
+    """The request's ``instruction`` (a task of the client's own): a non-empty string, or None."""
+    instruction = obj.get("instruction")
+    if instruction is not None:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise _bad("'instruction' must be a non-empty string", "instruction",
+                       "invalid_type" if not isinstance(instruction, str) else "invalid_value")
+        _check_text(instruction, "instruction")
+    return instruction
+
+
 def _refuse_constants(constants: list[_Constant]) -> None:
     if constants:  # somewhere validation does not look (e.g. "user")
         raise APIError(400, f"the request body is not valid JSON: it holds {constants[0].name}, which JSON does not "
@@ -340,12 +351,8 @@ def parse_embedding_request(body: bytes | RequestBody, *, served: Sequence[str],
     input_type = obj.get("input_type")
     if input_type is not None and input_type not in INPUT_TYPES:
         raise _bad(f"'input_type' must be one of {', '.join(INPUT_TYPES)}, got {shown(input_type)}", "input_type")
-    instruction = obj.get("instruction")
+    instruction = _instruction(obj)
     if instruction is not None:
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise _bad("'instruction' must be a non-empty string", "instruction",
-                       "invalid_type" if not isinstance(instruction, str) else "invalid_value")
-        _check_text(instruction, "instruction")
         if input_type == "document":
             raise _bad("'instruction' applies to queries; it contradicts input_type='document'", "instruction")
     elif input_type == "query":

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .protocol import (Limits, RequestBody, _bad, _check_text, _is_int, _kind, _refuse_constants, _request,
-                       shown)
+from .protocol import (Limits, RequestBody, _bad, _check_text, _instruction, _is_int, _kind, _refuse_constants,
+                       _request, shown)
 
 __all__ = ["RerankRequest", "parse_rerank_request", "rerank_body"]
 
@@ -74,12 +74,7 @@ def parse_rerank_request(body: bytes | RequestBody, *, served: Sequence[str], li
     if top_n is not None and (not _is_int(top_n) or top_n < 1):
         raise _bad(f"'top_n' must be an integer >= 1, got {shown(top_n)}", "top_n",
                    "invalid_type" if not _is_int(top_n) else "invalid_value")
-    instruction = obj.get("instruction")
-    if instruction is not None:
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise _bad("'instruction' must be a non-empty string", "instruction",
-                       "invalid_type" if not isinstance(instruction, str) else "invalid_value")
-        _check_text(instruction, "instruction")
+    instruction = _instruction(obj)
     echo = obj.get("return_documents", False)
     if not isinstance(echo, bool):
         raise _bad(f"'return_documents' must be a boolean, got {_kind(echo)}", "return_documents", "invalid_type")

@@ -35,8 +35,9 @@ def checkpoint_kind(config: Mapping[str, Any], *, names: Iterable[str] = (), rea
     through the registry entry ``spec`` (None: not named so).
 
     Raises :class:`UnsupportedModelError` for a sequence-classification checkpoint, and when the
-    registry entry and the checkpoint disagree (a reranker's spec naming an embedding repository or
-    the reverse: the conversion would write the wrong pooling and head).
+    registry entry and the checkpoint disagree (an embedding model's entry whose checkpoint is named
+    a Qwen3-Reranker: the conversion would write the wrong pooling and head). A reranker's entry
+    decides for its own repository, whatever the names say.
     """
     archs = config.get("architectures") or []
     archs = [a for a in archs if isinstance(a, str)] if isinstance(archs, list) else []

@@ -26,7 +26,8 @@ from typing import Iterable, Mapping
 from .errors import InputError
 
 __all__ = ["usable_cpus", "split_threads", "CPU_SHARING", "BackendDevice", "NvidiaGpu", "Toolchain", "Diagnosis",
-           "backend_devices", "gpu_free_bytes", "gpu_offload_supported", "nvidia_gpus", "cpu_features", "toolchain", "recommend_preset", "diagnose"]
+           "backend_devices", "gpu_free_bytes", "gpu_offload_supported", "nvidia_gpus", "cpu_features", "toolchain",
+           "recommend_preset", "diagnose"]
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from .batching import plan_batches
 from .cache import RECIPE_VERSION, EmbeddingCache, VectorCache, open_cache
 from .chunks import Chunk, embed_chunks
 from .errors import InputError, ModelLoadError
-from .facts import ModelFacts, log_problems, require_kind
+from .facts import ModelFacts, log_problems, require_kind, require_spec_kind
 from .fileinfo import read_gguf_info
 from .devices import gpu_free_bytes, gpu_offload_supported, usable_cpus
 from .gguf_check import check_gguf
@@ -138,6 +138,7 @@ class Embedder(TokensAPI, SentenceTransformersAPI):
         revision: str | None = None,
     ):
         check_gpu_request(n_gpu_layers, vram_budget)  # before any conversion or loading
+        require_spec_kind(model, self._KIND)  # before a hub download or a conversion
         self.path = resolve_model(model, cache_dir=cache_dir, outtype=convert_type, revision=revision)
         header = check_gguf(self.path)  # before llama.cpp's own parser sees the file
         if verify:

@@ -49,6 +49,16 @@ class ModelFacts:
         )
 
 
+def require_spec_kind(model, kind: str) -> None:
+    """Refuse, before anything is downloaded or converted, a registry name or hub id the registry
+    knows as the other kind (``Embedder("qwen3-reranker-0.6b")``, ``Reranker("qwen3-embedding-8b")``)."""
+    spec = registry.find_spec(model) if isinstance(model, str) else None
+    if spec is not None and spec.kind != kind:
+        use = "qembed_gguf.Reranker" if spec.kind == "reranker" else "qembed_gguf.Embedder"
+        raise ModelLoadError(f"{model!r} is {'a Qwen3-Reranker' if spec.kind == 'reranker' else 'an embedding model'}"
+                             f" ({spec.name}): use {use}")
+
+
 def require_kind(info: GGUFInfo, kind: str) -> None:
     """Refuse, with :class:`ModelLoadError`, a file the class reading it as ``kind`` cannot use: a
     Qwen3-Reranker (:attr:`GGUFInfo.kind`) given to the Embedder, whose vectors from it would be

@@ -16,19 +16,21 @@ __all__ = ["open_model"]
 log = logging.getLogger(__name__)
 
 
-def open_model(model: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
-               convert_type: str = "q6_k", revision: str | None = None, **kwargs: Any):
-    """The model ``model`` names, opened as what it is: ``Embedder(path, **kwargs)`` or, for a
-    reranker file, ``Reranker(path, **kwargs)`` without the embedding-only options
-    (:data:`~qembed_gguf.reranker.EMBEDDING_ONLY`; one given with a value other than its default is
-    logged and ignored)."""
+def open_model(model: str | os.PathLike[str], *, embedding_options: dict[str, Any] | None = None,
+               cache_dir: str | os.PathLike[str] | None = None, convert_type: str = "q6_k",
+               revision: str | None = None, **options: Any):
+    """The model ``model`` names, opened as what it is: ``Embedder(path, **options,
+    **embedding_options)``, or for a reranker file ``Reranker(path, **options)``.
+    ``embedding_options`` are the Embedder's options about vectors
+    (:data:`~qembed_gguf.reranker.EMBEDDING_ONLY`: the long-input policy, the cache …), which a
+    reranker has no use for; a vector cache given for a reranker is logged as unused."""
     from .embedder import Embedder
-    from .reranker import EMBEDDING_ONLY, Reranker
+    from .reranker import Reranker
 
+    embedding_options = dict(embedding_options or {})
     path = resolve_model(model, cache_dir=cache_dir, outtype=convert_type, revision=revision)
     if read_gguf_info(path).kind != "reranker":
-        return Embedder(path, **kwargs)
-    ignored = sorted(k for k in EMBEDDING_ONLY if kwargs.pop(k, None) not in (None, False, 0, "truncate", "error"))
-    if ignored:
-        log.warning("%s is a reranker: %s do not apply to it and are ignored", path.name, ", ".join(ignored))
-    return Reranker(path, **kwargs)
+        return Embedder(path, cache_dir=cache_dir, **options, **embedding_options)
+    if embedding_options.get("cache") is not None:
+        log.warning("%s is a reranker: the vector cache does not apply to it", path.name)
+    return Reranker(path, cache_dir=cache_dir, **options)

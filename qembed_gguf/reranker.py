@@ -132,10 +132,9 @@ class Reranker:
         Embedder packs texts); identical ones are decoded once.
         """
         query, instruction = prompt.check_query(query), prompt.check_instruction(instruction)
-        docs = prompt.check_documents(documents)
-        if not docs:
+        rows = self._rows(query, prompt.check_documents(documents), instruction)
+        if not rows:  # no documents (a closed Reranker has raised)
             return np.empty(0, dtype=np.float64)
-        rows = self._rows(query, docs, instruction)
         unique: dict[tuple[int, ...], int] = {}
         slots = [unique.setdefault(tuple(r), len(unique)) for r in rows]
         return self.scores(self._decoder.pool([list(r) for r in unique]))[slots]
@@ -165,6 +164,8 @@ class Reranker:
         """Token rows of the pairs, each at most ``max_tokens`` (the long ones cut: one warning)."""
         if self.closed:
             raise InputError("this Reranker is closed")
+        if not docs:  # nothing to score, whatever the query
+            return []
         decoder, limit = self._decoder, self._decoder.max_tokens
         head = prompt.head_text(instruction, query)
         with decoder._lock:

@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from qembed_gguf import Embedder, Reranker
 from qembed_gguf.server import ServedModel, ServerConfig
 
+from conftest import _free_port
+
 QUERY = "what is the capital of France?"
 DOCS = ["Paris is the capital and largest city of France.", "", "Berlin ist die Hauptstadt Deutschlands.",
         "巴黎是法国的首都。", "def capital(country):\n    return CAPITALS[country]", "Paris is the capital of France."]
@@ -32,7 +34,6 @@ def two(reranker_gguf):
 
     import uvicorn
 
-    from conftest import _free_port
     from qembed_gguf.server import create_app
 
     emb, rr = Embedder("tiny"), Reranker(reranker_gguf("tied", "q8_0"), max_tokens=256)
@@ -131,6 +132,7 @@ def test_each_model_answers_only_its_own_routes(two):
     assert r.status_code == 400 and r.json()["error"]["code"] == "wrong_model_kind"
     assert "/v1/rerank" in r.json()["error"]["message"]
     assert _post(url, "/tokenize", {"model": "rr", "input": "x"}).json()["error"]["code"] == "wrong_model_kind"
+    assert _post(url, "/detokenize", {"model": "rr", "tokens": [1]}).json()["error"]["code"] == "wrong_model_kind"
     assert _post(url, "/v1/embeddings", {"model": "emb", "input": "x"}).status_code == 200
     r = _post(url, "/v1/rerank", {"model": "nope", "query": "q", "documents": ["a"]})
     assert r.status_code == 404 and "emb, rr, rr-alias" in r.json()["error"]["message"]
@@ -187,3 +189,26 @@ def test_concurrent_rerank_requests_share_decode_calls(two, library):
         np.testing.assert_allclose([got[0], got[1]], library.score(q, DOCS[:2]), rtol=0, atol=2e-3)
     # two short pairs per request, several requests per 512-token call: they shared decode calls
     assert rr.stats.decode_calls - before < len(queries)
+
+
+def test_run_serves_a_lone_reranker_and_frees_it_when_it_cannot_start(reranker_gguf, monkeypatch):
+    """``run(reranker, config)`` (what ``qembed-gguf serve R.gguf`` calls): a server that does not
+    start (here: uvicorn's run does nothing) is a ServerStartError, and the model is freed."""
+    import uvicorn
+
+    from qembed_gguf import server
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    rr = Reranker(reranker_gguf("tied", "q8_0"))
+    with pytest.raises(server.ServerStartError, match="did not start"):
+        server.run(rr, ServerConfig(model_names=("rr",)), port=_free_port())
+    assert rr.closed
+
+
+def test_registry_names_of_the_other_kind_are_refused_before_any_download():
+    from qembed_gguf.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="a Qwen3-Reranker .*use qembed_gguf.Reranker"):
+        Embedder("qwen3-reranker-0.6b")
+    with pytest.raises(ModelLoadError, match="an embedding model .*use qembed_gguf.Embedder"):
+        Reranker("qwen3-embedding-0.6b")

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
               help="How long a batch waits for requests still arriving.")
 @click.option("--short-call-ms", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help="While small requests keep arriving, big ones decode in calls of about this long, so a query "
-                   "waits for at most one short call (0: never cut).")
+                   "waits for at most one such call; an input longer than the cut decodes whole (0: never cut).")
 @click.option("--allowed-host", "allowed_hosts", multiple=True,
               help="A Host name to answer, any port (repeatable; '*' = any). Default: loopback names when bound "
                    "to loopback, any name otherwise.")
@@ -64,7 +64,9 @@ def serve(ctx, models, host, port, api_key, model_names, cpu_sharing, cache_spec
           chunk_overlap, truncate, max_inputs, max_body_mb, max_queue, max_request_tokens, batch_wait_ms, short_call_ms,
           allowed_hosts, cors_origins, read_timeout, shutdown_timeout, metrics_need_key, flash_attn, threads,
           n_gpu_layers, vram):
-    """Serve each MODEL as an OpenAI-compatible embeddings API (/v1/embeddings, /v1/models, /health, /metrics).
+    """Serve each MODEL as an OpenAI-compatible API: /v1/embeddings, or /v1/rerank for a Qwen3-Reranker file.
+
+    Also /v1/models, /health, /metrics, /tokenize and /detokenize.
 
     \b
     Example:
@@ -118,9 +120,10 @@ def serve(ctx, models, host, port, api_key, model_names, cpu_sharing, cache_spec
     try:
         for path, ids, n_threads in zip(models, names, threads_each):
             opened = open_model(path, n_threads=n_threads, n_gpu_layers=n_gpu_layers, vram_budget=vram,
-                                max_tokens=max_tokens, flash_attn=flash_attn, cache=cache_spec,
-                                long_inputs="chunk" if long_inputs == "chunk" else "truncate",
-                                chunk_overlap=chunk_overlap)  # an Embedder, or a Reranker for a reranker file
+                                max_tokens=max_tokens, flash_attn=flash_attn,
+                                embedding_options=dict(cache=cache_spec, chunk_overlap=chunk_overlap,
+                                                       long_inputs="chunk" if long_inputs == "chunk" else "truncate"))
+            # an Embedder, or a Reranker for a reranker file
             served.append(ServedModel(opened, ids))
     except BaseException:
         for m in served:

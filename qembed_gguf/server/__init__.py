@@ -25,6 +25,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError('the server needs its extra: pip install "qembed-gguf[server]"') from e
 
 from ..embedder import Embedder
+from ..reranker import Reranker
 from ..errors import BackendError
 from .app import create_app, served_models
 from .config import ServedModel, ServerConfig
@@ -32,7 +33,8 @@ from .cpu import CPU_SHARING, split_threads
 from .protocol import APIError, Limits
 from .security import is_loopback
 
-__all__ = ["ServerConfig", "ServedModel", "served_models", "CPU_SHARING", "split_threads", "Limits", "APIError", "ServerStartError", "create_app", "run", "is_loopback"]
+__all__ = ["ServerConfig", "ServedModel", "served_models", "CPU_SHARING", "split_threads", "Limits", "APIError",
+           "ServerStartError", "create_app", "run", "is_loopback"]
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +58,16 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def run(models: "Embedder | Sequence[ServedModel]", config: ServerConfig, *, host: str = "127.0.0.1",
+def run(models: "Embedder | Reranker | Sequence[ServedModel]", config: ServerConfig, *, host: str = "127.0.0.1",
         port: int = 8000, log_level: str = "info") -> None:
-    """Serve one Embedder or several :class:`ServedModel` s until interrupted. Ctrl-C / SIGTERM: new
+    """Serve one Embedder or Reranker, or several :class:`ServedModel` s, until interrupted. Ctrl-C / SIGTERM: new
     requests are refused; accepted ones may finish for ``config.shutdown_timeout_s`` seconds, the
     rest get 503; each worker stops after its current decode call, the models are freed and the
     function returns."""
     if not is_loopback(host) and not config.api_key:
         log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
                     "(set --api-key or QEMBED_API_KEY)", host)
-    embedders = [models] if isinstance(models, Embedder) else [getattr(m, "model", None) for m in models]
+    embedders = [models] if isinstance(models, (Embedder, Reranker)) else [getattr(m, "model", None) for m in models]
     try:
         app = create_app(models, config, close_embedder=True, bind_host=host)
     except BaseException:  # the models given are the server's: freed whatever was wrong

@@ -84,8 +84,8 @@ def served_models(models: "Embedder | Reranker | Sequence[ServedModel]", config:
                                  f"name one model")
             seen[name] = k
         if any(m.model is other.model for other in served[:k]):
-            raise InputError(f"model {k} ({m.names[0]!r}) is the same Embedder as an earlier one: give it more ids "
-                             f"(aliases) instead")
+            raise InputError(f"model {k} ({m.names[0]!r}) is the same {type(m.model).__name__} as an earlier one: "
+                             f"give it more ids (aliases) instead")
     return served
 
 
@@ -141,12 +141,14 @@ class EmbeddingServer:
         raise APIError(408, f"the request body did not arrive within {self.config.read_timeout_s:g} s",
                        code="request_timeout", headers=CLOSE)
 
-    async def _read(self, request: Request, *, queues: bool) -> tuple[ModelService, RequestBody, bool]:
+    async def _read(self, request: Request, *, queues: bool,
+                    kind: str | None = None) -> tuple[ModelService, RequestBody, bool]:
         """What every POST passes: a JSON media type, a server that is not stopping, room in some
         queue (``queues``: the request queues model work; checked before the body is read when every
         queue is full), its body within the read timeout, strict JSON naming a served model (404),
-        that model loaded and, if ``queues``, room in its queue. Returns the model's service, the
-        parsed body and whether it is large. Raises :class:`APIError`."""
+        that model of ``kind`` (the route's: 400 ``wrong_model_kind`` otherwise) and loaded and, if
+        ``queues``, room in its queue. Returns the model's service, the parsed body and whether it
+        is large. Raises :class:`APIError`."""
         _require_json(request)
         if not any(s.batcher.running for s in self.services):  # before reading the body
             raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
@@ -160,6 +162,8 @@ class EmbeddingServer:
         if service is None:
             raise model_not_found(parsed.model, self.names)
         note_model(request, service.name)
+        if kind is not None and service.kind != kind:
+            raise service.kind_error()
         unavailable = service.unavailable()
         if unavailable is not None:
             raise unavailable
@@ -170,17 +174,17 @@ class EmbeddingServer:
     # -- routes -------------------------------------------------------------------------------------
     async def embeddings(self, request: Request) -> Response:
         """``POST /v1/embeddings`` (:meth:`ModelService.embeddings`)."""
-        return await self._queued(request, ModelService.embeddings)
+        return await self._queued(request, ModelService.embeddings, "embedding")
 
     async def rerank(self, request: Request) -> Response:
         """``POST /v1/rerank`` (:meth:`ModelService.rerank`)."""
-        return await self._queued(request, ModelService.rerank)
+        return await self._queued(request, ModelService.rerank, "reranker")
 
-    async def _queued(self, request: Request, answer) -> Response:
-        """The checks of :meth:`_read`, then ``answer(service, request, body, large=...)``, which
-        queues the model's work."""
+    async def _queued(self, request: Request, answer, kind: str) -> Response:
+        """The checks of :meth:`_read` for a model of ``kind``, then ``answer(service, request, body,
+        large=...)``, which queues the model's work."""
         try:
-            service, parsed, large = await self._read(request, queues=True)
+            service, parsed, large = await self._read(request, queues=True, kind=kind)
         except APIError as err:
             return _error(err)
         except ClientDisconnect:
@@ -200,7 +204,7 @@ class EmbeddingServer:
         worker thread: the Embedder's lock, which a decode call may hold, is never waited for on
         the event loop."""
         try:
-            service, parsed, _ = await self._read(request, queues=False)
+            service, parsed, _ = await self._read(request, queues=False, kind="embedding")
             payload = await asyncio.to_thread(answer, service, parsed)
         except APIError as err:
             return _error(err)
@@ -262,8 +266,8 @@ class EmbeddingServer:
                     s.model.close()
 
 
-def create_app(models: "Embedder | Reranker | Sequence[ServedModel]", config: ServerConfig, *, close_embedder: bool = False,
-               bind_host: str | None = None) -> Starlette:
+def create_app(models: "Embedder | Reranker | Sequence[ServedModel]", config: ServerConfig, *,
+               close_embedder: bool = False, bind_host: str | None = None) -> Starlette:
     """The ASGI app serving one Embedder (under ``config.model_names``) or several
     :class:`ServedModel` s, each with its own worker and queue; the workers start and stop with the
     app's lifespan (stopping waits ``config.shutdown_timeout_s`` for accepted work, then cancels it).

@@ -8,7 +8,8 @@ with aging) and the call is filled with their rows up to ``n_ubatch`` tokens
 a lone query that arrives while a 2,000-input request is being embedded joins the next call
 instead of waiting for all of it. While small requests keep arriving, big ones decode in calls cut
 to about ``short_call_s`` (timed from the throughput measured, :func:`.fairness.call_cap`),
-alternating with the small ones' calls, so a query waits for at most one short call. Each job's
+alternating with the small ones' calls, so a query waits for at most one cut call (or one row
+longer than the cut: rows are never split, or one call of small requests). Each job's
 inputs are planned with its request's long-input policy first (:func:`qembed_gguf.longinputs.plan`): a
 chunked input decodes as several rows (its windows), which the app combines into one vector.
 

@@ -57,7 +57,8 @@ class ServerConfig:
 
     ``short_call_ms``: while small requests (ones that fit in one decode call) keep arriving, big
     requests decode in calls of about this long, alternating with the small ones' (0: never cut;
-    :mod:`.fairness`), so a query waits for at most one short call.
+    :mod:`.fairness`), so a query waits for at most one cut call (a row longer than the cut is
+    decoded whole).
 
     ``cpu_sharing``: how several models share the CPU (:mod:`.cpu`): ``"split"``, they decode at
     once, each on its own threads (the caller gives each Embedder its share: ``qembed-gguf serve``

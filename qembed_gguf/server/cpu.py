@@ -1,7 +1,8 @@
 """How the models of one server share the CPU (``ServerConfig.cpu_sharing``).
 
 ``"split"``: each model gets its own share of the threads (:func:`~qembed_gguf.devices.split_threads`:
-``qembed-gguf serve`` gives each of N models ``threads // N``) and the models decode at the same time.
+``qembed-gguf serve`` shares the threads out evenly, at least one each) and the models decode at
+the same time.
 ``"time"``: each model uses all the threads, and their decode calls take turns
 (:class:`TakeTurns`, in the order they asked), so two models never oversubscribe the cores.
 

@@ -15,8 +15,8 @@ call of the 0.6B on 2 cores: 2.7 s). So while small requests (those that fit in 
 arriving — one came within :data:`QUIET_S` — the big requests' calls are cut to what the model
 decodes in about ``call_s`` seconds (:func:`call_cap`, from the throughput measured so far), and the
 worker alternates: a call of small requests, then one of a big request's cut calls. A query then
-waits for at most one short call; the big request pays the shorter calls' overhead only while small
-requests arrive, and still gets every other call.
+waits for at most one cut call (a row longer than the cut decodes whole); the big request pays the
+shorter calls' overhead only while small requests arrive, and still gets every other call.
 """
 
 from __future__ import annotations

@@ -51,8 +51,9 @@ class JobResult:
 @dataclasses.dataclass
 class Job:
     """Inputs of one request: model-ready texts (instruction applied) or token-id lists, each
-    distinct, or ``prepared`` token rows decoded as they are (``texts`` and ``tokens`` None); ``rows[k]`` are the request's input indices that input ``k`` stands for (errors and
-    the token limit count them; None: input ``k`` is request input ``k``).
+    distinct, or ``prepared`` token rows decoded as they are (``texts`` and ``tokens`` None);
+    ``rows[k]`` are the request's input indices that input ``k`` stands for (errors and the token
+    limit count them; None: input ``k`` is request input ``k``).
 
     ``decode[k]`` False: the cache answered input ``k`` (its tokens are still counted). A cached
     vector of an input longer than ``max_tokens`` is the Embedder's policy's: where that is not

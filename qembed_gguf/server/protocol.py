@@ -326,9 +326,9 @@ def _long_inputs(obj: dict, default: str) -> str:
     return implied
 
 
-def parse_embedding_request(body: bytes | RequestBody, *, served: Sequence[str], full_dim: int, min_dim: int, default_task: str,
-                            n_vocab: int, eos_id: int, limits: Limits, long_inputs_default: str = "error",
-                            chunk_overlap: int = 0) -> EmbeddingRequest:
+def parse_embedding_request(body: bytes | RequestBody, *, served: Sequence[str], full_dim: int, min_dim: int,
+                            default_task: str, n_vocab: int, eos_id: int, limits: Limits,
+                            long_inputs_default: str = "error", chunk_overlap: int = 0) -> EmbeddingRequest:
     """Validate a request body; raises :class:`APIError` (4xx) naming the offending field.
     ``long_inputs_default``: the policy of a request that names none; ``chunk_overlap``: the
     server's, for counting the tokens of token-id inputs as they will be decoded."""

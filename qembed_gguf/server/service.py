@@ -2,7 +2,7 @@
 how it answers the requests routed to it (:class:`ModelService`). The app (:mod:`.app`) reads each
 body, finds the model it names and hands it here. An embedding model answers ``/v1/embeddings``,
 ``/tokenize`` and ``/detokenize``; a reranker answers ``/v1/rerank``; each refuses the other's
-routes with a 400 naming the right one."""
+routes with a 400 naming the right one (the app checks the kind before the queue's room)."""
 
 from __future__ import annotations
 
@@ -181,9 +181,10 @@ class ModelService:
         """The 400 for a request to a route this model does not answer (``wanted``: the route's kind)."""
         if self.kind == wanted:
             return None
-        return _error(self._kind_error())
+        return _error(self.kind_error())
 
-    def _kind_error(self) -> APIError:
+    def kind_error(self) -> APIError:
+        """The 400 ``wrong_model_kind`` of a request to a route this model does not answer."""
         what, route = ("a reranker", "/v1/rerank") if self.kind == "reranker" else ("an embedding model",
                                                                                     "/v1/embeddings")
         return APIError(400, f"the model {self.name!r} is {what}: send its requests to {route}", param="model",
@@ -204,9 +205,9 @@ class ModelService:
             except APIError as err:
                 return _error(err)
             except InputTooLongError as err:
-                return _error(APIError(400, f"the query and instruction alone take {err.n_tokens} tokens, more than "
-                                            f"this server's limit of {err.max_tokens} per prompt", param="query",
-                                       code="input_too_long"))
+                return _error(APIError(400, f"the prompt's template, instruction and query alone take {err.n_tokens} "
+                                            f"tokens, more than this server's limit of {err.max_tokens} per prompt",
+                                       param="query", code="input_too_long"))
             except InputError as err:
                 return _error(self.unavailable() or APIError(400, str(err), param="documents"))
             job = Job(texts=None, tokens=None, decode=[True] * len(rows), long_inputs="error", prepared=rows)
@@ -218,6 +219,9 @@ class ModelService:
             return result
         self.requests += 1
         scores = self.reranker.scores(result.pooled)
+        if not np.isfinite(scores).all():  # JSON has no NaN; a model that gives one is broken
+            log.error("%s: the model gave non-finite scores", self.name)
+            return _error(APIError(500, "the model gave non-finite scores", type="server_error"))
         prompt_tokens = sum(len(r) for r in rows)
         note_embedded(request, len(rows), prompt_tokens)
         return _JSON(rerank_body(scores, req, prompt_tokens=prompt_tokens))
@@ -315,8 +319,6 @@ class ModelService:
     # -- tokens -----------------------------------------------------------------------------------
     def tokenize_body(self, body: RequestBody) -> bytes:
         """``POST /tokenize``: each input's token ids as it is embedded (:meth:`Embedder.tokenize`)."""
-        if self.kind != "embedding":  # a reranker's prompts are not its inputs' tokens
-            raise self._kind_error()
         _, texts = parse_tokenize_request(body, served=self.names, limits=self.limits)
         return _dumps({"tokens": self.embedder.tokenize(texts)})
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import os
@@ -134,6 +135,15 @@ def llama_cpp_dir() -> Path:
 REFERENCE_TYPES = ("f16", "bf16", "q8_0")  # what test_convert_reference compares
 
 
+def _reference_convert(llama_cpp_dir: Path, checkpoint: Path, jobs: dict[str, Path]):
+    """Run llama.cpp's converter once for every ``{outtype: outfile}`` of ``jobs``; yields (type, file)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "reference_convert.py"), str(llama_cpp_dir),
+                           str(checkpoint), *(f"{t}={path}" for t, path in jobs.items())],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"llama.cpp's converter failed:\n{proc.stderr[-3000:]}"
+    yield from jobs.items()
+
+
 @pytest.fixture(scope="session")
 def reference_converted(checkpoints, llama_cpp_dir, tmp_path_factory):
     """llama.cpp's converter's file for (shape, outtype); the first request for a shape converts it to
@@ -145,12 +155,7 @@ def reference_converted(checkpoints, llama_cpp_dir, tmp_path_factory):
         if (shape, outtype) not in cache:
             types = REFERENCE_TYPES if outtype in REFERENCE_TYPES else (outtype,)
             jobs = {t: out_dir / f"{shape}-{t}.gguf" for t in types}
-            proc = subprocess.run(
-                [sys.executable, str(ROOT / "tests" / "reference_convert.py"), str(llama_cpp_dir),
-                 str(checkpoints[shape]), *(f"{t}={path}" for t, path in jobs.items())],
-                capture_output=True, text=True, timeout=600)
-            assert proc.returncode == 0, f"llama.cpp's converter failed:\n{proc.stderr[-3000:]}"
-            cache.update({(shape, t): path for t, path in jobs.items()})
+            cache.update({(shape, t): path for t, path in _reference_convert(llama_cpp_dir, checkpoints[shape], jobs)})
         return cache[shape, outtype]
 
     return get
@@ -224,9 +229,10 @@ def redis_url(tmp_path_factory):
     proc.wait(10)
 
 
-@pytest.fixture
-def live_app():
-    """Start ``create_app(embedder, config)`` under uvicorn in a thread; returns its base URL."""
+@contextlib.contextmanager
+def serving(models, config):
+    """``create_app(models, config)`` under uvicorn in a thread, for the ``with`` block; yields
+    (base URL, the app's EmbeddingServer)."""
     import threading
     import time
 
@@ -234,25 +240,27 @@ def live_app():
 
     from qembed_gguf.server import create_app
 
-    servers = []
-
-    def start(embedder, config) -> str:
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(embedder, config), host="127.0.0.1", port=port,
-                                               log_level="warning", lifespan="on"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for server, thread in servers:
+    app = create_app(models, config)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", app.state.server
+    finally:
         server.should_exit = True
         thread.join(30)
+
+
+@pytest.fixture
+def live_app():
+    """``start(models, config)``: :func:`serving` until the test ends; returns the base URL."""
+    with contextlib.ExitStack() as stack:
+        yield lambda models, config: stack.enter_context(serving(models, config))[0]
 
 
 @pytest.fixture(scope="session")
@@ -327,11 +335,7 @@ def reranker_reference(reranker_ckpts, llama_cpp_dir, tmp_path_factory):
     def get(kind: str, outtype: str) -> Path:
         if (kind, outtype) not in cache:
             jobs = {t: out / f"{kind}-{t}.gguf" for t in RERANK_REFERENCE_TYPES}
-            proc = subprocess.run([sys.executable, str(ROOT / "tests" / "reference_convert.py"), str(llama_cpp_dir),
-                                   str(reranker_ckpts[kind]), *(f"{t}={p}" for t, p in jobs.items())],
-                                  capture_output=True, text=True, timeout=600)
-            assert proc.returncode == 0, f"llama.cpp's converter failed:\n{proc.stderr[-3000:]}"
-            cache.update({(kind, t): p for t, p in jobs.items()})
+            cache.update({(kind, t): p for t, p in _reference_convert(llama_cpp_dir, reranker_ckpts[kind], jobs)})
         return cache[kind, outtype]
 
     return get

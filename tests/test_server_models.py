@@ -6,7 +6,6 @@ validation of what is served, the CPU sharing (``TakeTurns``, ``split_threads``)
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from types import SimpleNamespace
@@ -15,7 +14,6 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from qembed_gguf import Embedder
@@ -23,31 +21,11 @@ from qembed_gguf.errors import InputError
 from qembed_gguf.server import ServedModel, ServerConfig, create_app, served_models
 from qembed_gguf.server.cpu import TakeTurns
 
-from conftest import TEXTS, _free_port
+from conftest import TEXTS, serving
 
 SMALL_IDS = ("small", "small-alias")
 WIDE_IDS = ("wide",)
 ALL_IDS = [*SMALL_IDS, *WIDE_IDS]
-
-
-@contextlib.contextmanager
-def _serving(models, config):
-    """``create_app(models, config)`` under uvicorn in a thread (as conftest's ``live_app``), kept for
-    the ``with`` block; yields (base URL, the app's EmbeddingServer)."""
-    app = create_app(models, config)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", app.state.server
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +46,7 @@ def two(odd_path):
     """One live server for the module: tiny as small/small-alias, odd as wide."""
     with Embedder("tiny") as small, Embedder(odd_path) as wide:
         models = [ServedModel(small, SMALL_IDS), ServedModel(wide, WIDE_IDS)]
-        with _serving(models, ServerConfig()) as (url, server):
+        with serving(models, ServerConfig()) as (url, server):
             yield SimpleNamespace(url=url, server=server, small=small, wide=wide,
                                   client=openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0))
 
@@ -409,7 +387,7 @@ def test_which_servers_take_turns(refs):
 def test_time_sharing_server_answers_the_same_vectors(refs, odd_path):
     with Embedder("tiny") as small, Embedder(odd_path) as wide:
         models = [ServedModel(small, ("small",)), ServedModel(wide, ("wide",))]
-        with _serving(models, ServerConfig(cpu_sharing="time")) as (url, server):
+        with serving(models, ServerConfig(cpu_sharing="time")) as (url, server):
             client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
             for model in ("small", "wide"):
                 got = client.embeddings.create(model=model, input=TEXTS)

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from qembed_gguf import Embedder, Reranker
 from qembed_gguf.server import ServedModel, ServerConfig
 
-from conftest import _free_port
+from conftest import _free_port, serving
 
 QUERY = "what is the capital of France?"
 DOCS = ["Paris is the capital and largest city of France.", "", "Berlin ist die Hauptstadt Deutschlands.",
@@ -30,27 +30,9 @@ def library(reranker_gguf):
 @pytest.fixture(scope="module")
 def two(reranker_gguf):
     """A live server: the bundled embedding model as "emb", the reranker as "rr" (and "rr-alias")."""
-    import time
-
-    import uvicorn
-
-    from qembed_gguf.server import create_app
-
-    emb, rr = Embedder("tiny"), Reranker(reranker_gguf("tied", "q8_0"), max_tokens=256)
-    app = create_app([ServedModel(emb, ("emb",)), ServedModel(rr, ("rr", "rr-alias"))], ServerConfig())
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", rr
-    server.should_exit = True
-    thread.join(30)
-    emb.close()
-    rr.close()
+    with Embedder("tiny") as emb, Reranker(reranker_gguf("tied", "q8_0"), max_tokens=256) as rr:
+        with serving([ServedModel(emb, ("emb",)), ServedModel(rr, ("rr", "rr-alias"))], ServerConfig()) as (url, _):
+            yield url, rr
 
 
 def _post(url: str, path: str, body: dict) -> httpx.Response:

@@ -177,14 +177,9 @@ class ModelService:
                 return _error(unavailable)
             return _error(APIError(400, str(err), param=param(None)))
 
-    def _wrong_route(self, wanted: str) -> Response | None:
-        """The 400 for a request to a route this model does not answer (``wanted``: the route's kind)."""
-        if self.kind == wanted:
-            return None
-        return _error(self.kind_error())
-
     def kind_error(self) -> APIError:
-        """The 400 ``wrong_model_kind`` of a request to a route this model does not answer."""
+        """The 400 ``wrong_model_kind`` of a request to a route this model does not answer (the app
+        asks before it hands the request here)."""
         what, route = ("a reranker", "/v1/rerank") if self.kind == "reranker" else ("an embedding model",
                                                                                     "/v1/embeddings")
         return APIError(400, f"the model {self.name!r} is {what}: send its requests to {route}", param="model",
@@ -193,9 +188,6 @@ class ModelService:
     async def rerank(self, request: Request, body: RequestBody, *, large: bool) -> Response:
         """``POST /v1/rerank`` for this model (:mod:`.rerankwire`): each document's prompt is one row
         of the batcher, decoded next to other requests' rows; the scores from the rows' hidden states."""
-        wrong = self._wrong_route("reranker")
-        if wrong is not None:
-            return wrong
         with self.batcher.arriving():
             try:
                 req = await asyncio.to_thread(self._parse_rerank, body) if large else self._parse_rerank(body)
@@ -232,9 +224,6 @@ class ModelService:
     async def embeddings(self, request: Request, body: RequestBody, *, large: bool) -> Response:
         """``POST /v1/embeddings`` for this model: ``body`` is read and names it; ``large``: parse
         off the event loop."""
-        wrong = self._wrong_route("embedding")
-        if wrong is not None:
-            return wrong
         with self.batcher.arriving():  # only once the body is in: a stalled upload delays no batch
             try:
                 req = await asyncio.to_thread(self.parse, body) if large else self.parse(body)

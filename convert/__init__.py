@@ -15,8 +15,10 @@ from pathlib import Path
 
 from qembed_gguf import __version__, registry
 from qembed_gguf.atomic import temporary_path
+from qembed_gguf.errors import CalibrationError, OutputExistsError
 from qembed_gguf.integrity import seal
 
+from . import calibrate as _calibrate
 from .checkpoint import Checkpoint
 from .mapping import Qwen3Params, TensorPlan, plan_tensors
 from .metadata import ModelInfo, write_metadata
@@ -26,7 +28,7 @@ from .source import Source, resolve_source
 from .tokenizer import read_vocab
 from .writer import TensorOut, atomic_output, write_gguf
 
-__all__ = ["convert", "OUTTYPES", "default_outfile"]
+__all__ = ["convert", "OUTTYPES", "default_outfile", "check_calibration"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,38 @@ def _write_python(ckpt: Checkpoint, plan: list[TensorPlan], params: Qwen3Params,
             bar.close()
 
 
+def check_calibration(outtype: str, *, calibrate=None, imatrix=None, save_imatrix=None) -> None:
+    """Refuse calibration options that cannot go together (before any work): :class:`CalibrationError`."""
+    ot = get_outtype(outtype)
+    if calibrate is not None and imatrix is not None:
+        raise CalibrationError("give a corpus to calibrate on (--calibrate) or an imatrix file (--imatrix), not both")
+    if save_imatrix is not None and calibrate is None:
+        raise CalibrationError("--save-imatrix saves the importance matrix --calibrate computes; it needs --calibrate")
+    if (calibrate is not None or imatrix is not None) and not ot.by_llama:
+        aware = ", ".join(t.name for t in OUTTYPES.values() if t.by_llama)
+        raise CalibrationError(f"{ot.name} is written in Python and is not imatrix-aware; an importance matrix "
+                               f"applies to llama.cpp's quantizer types: {aware}")
+    if save_imatrix is not None and Path(save_imatrix).is_dir():
+        raise OutputExistsError(f"imatrix output {save_imatrix} is a folder; give a file name ending in .gguf")
+
+
+def _importance(ckpt: Checkpoint, plan: list[TensorPlan], params: Qwen3Params, vocab_gguf: Path, *,
+                calibrate, imatrix, loaded: _calibrate.Imatrix | None, save_imatrix):
+    """The importance matrix and the output keys that record it, or (None, None) for stock quantization."""
+    if loaded is None and calibrate is None:
+        return None, None
+    if loaded is None:
+        chunks = _calibrate.tokenize_corpus(calibrate, vocab_gguf)
+        loaded = _calibrate.compute_imatrix(ckpt, {p.gguf_name: p.hf_name for p in plan}, params, chunks,
+                                            dataset=Path(calibrate).name)
+        if save_imatrix is not None:  # saved at once: a failed quantization can be retried with --imatrix
+            _calibrate.save_imatrix(loaded, save_imatrix)
+    keys = _calibrate.quantize_metadata(loaded, file=imatrix if imatrix is not None else save_imatrix)
+    log.info("quantizing with an importance matrix of %d tensors from %s", len(loaded),
+             keys.get("quantize.imatrix.dataset", "an unnamed dataset"))
+    return loaded.values(), keys
+
+
 def convert(
     src: str | os.PathLike[str],
     *,
@@ -107,6 +141,9 @@ def convert(
     revision: str | None = None,
     quiet: bool = False,
     threads: int | None = None,
+    calibrate: str | os.PathLike[str] | None = None,
+    imatrix: str | os.PathLike[str] | None = None,
+    save_imatrix: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Convert a Qwen3-Embedding or Qwen3-Reranker checkpoint into a GGUF file and return its path.
 
@@ -119,17 +156,33 @@ def convert(
             ``tiny``) or a hub id (``Qwen/Qwen3-Embedding-4B``, fetched with huggingface_hub; honours
             HF_HUB_OFFLINE).
         outtype: one of :data:`OUTTYPES` — ``f32 f16 bf16 q8_0 q4_0`` (written in Python) or
-            ``q6_k q5_k_m q5_k_s q4_k_m q4_k_s q3_k_m`` (llama.cpp's quantizer). Default ``q8_0``.
+            ``q6_k q5_k_m q5_k_s q4_k_m q4_k_s q3_k_m iq4_xs iq4_nl`` (llama.cpp's quantizer). Default ``q8_0``.
         outfile: output path; default ``./<name>-<OUTTYPE>.gguf``.
         force: overwrite an existing ``outfile``.
         revision: hub revision (branch, tag or commit) for hub ids.
         quiet: no progress bar. (llama.cpp's quantizer log shows only at DEBUG log level.)
         threads: threads for llama.cpp's quantizer (default: all cores).
+        calibrate: a UTF-8 text corpus: compute an importance matrix from the model's activations on it
+            (:mod:`.calibrate`; up to 64 chunks of 512 tokens, a numpy forward of every layer) and hand it to
+            llama.cpp's quantizer. Only for llama.cpp's types (K-quants, ``iq4_xs``, ``iq4_nl``).
+        imatrix: a GGUF importance-matrix file instead (:func:`.calibrate.save_imatrix`'s or
+            ``llama-imatrix``'s), checked against the model's tensors.
+        save_imatrix: with ``calibrate``, also write the computed importance matrix there (as soon as it is
+            computed; honours ``force``).
 
     Raises:
         ConversionError (and subclasses) naming the file, key, tensor or byte offset at fault;
-        OutputExistsError when ``outfile`` exists and not ``force``. No partial file is left behind.
+        CalibrationError for an empty corpus, an imatrix file that does not fit the model, or calibration
+        options with a Python-written type; OutputExistsError when ``outfile`` (or ``save_imatrix``)
+        exists and not ``force``. No partial file is left behind.
     """
+    check_calibration(outtype, calibrate=calibrate, imatrix=imatrix, save_imatrix=save_imatrix)
+    if save_imatrix is not None and Path(save_imatrix).exists() and not force:
+        raise OutputExistsError(f"imatrix output {save_imatrix} already exists; pass --force (force=True) to "
+                                f"overwrite it")
+    if calibrate is not None and not Path(calibrate).is_file():
+        raise CalibrationError("the calibration corpus is not a file", path=calibrate)
+    loaded = _calibrate.load_imatrix(imatrix) if imatrix is not None else None
     ot = get_outtype(outtype)
     source = resolve_source(src, revision=revision)
     with Checkpoint(source.folder) as ckpt:
@@ -146,6 +199,8 @@ def convert(
         elif kind == "embedding" and not vocab.post_processor_eos:
             log.warning("tokenizer.json has no TemplateProcessing post-processor appending <|endoftext|>; the GGUF "
                         "still sets add_eos_token=true so that llama.cpp appends it")
+        if loaded is not None:
+            loaded = _calibrate.check_imatrix(loaded, {p.gguf_name: p.shape for p in plan}, path=imatrix)
         info = _model_info(source, params, sum(p.n_elements for p in plan), kind)
         out = Path(outfile) if outfile is not None else default_outfile(info.name, ot)
         log.info("converting %s (%s, %d layers, hidden %d) to %s as %s", source.label, kind, params.layers,
@@ -157,7 +212,10 @@ def convert(
                 inter = OUTTYPES[_LOSSLESS_INTERMEDIATE.get(frozenset(ckpt.dtypes), "f32")]
                 with temporary_path(out.parent, out.name + "." + inter.name) as inter_path:
                     _write_python(ckpt, plan, params, vocab, info, inter, inter_path, quiet=quiet)
-                    llama_quantize(inter_path, tmp, ot, threads=threads)  # copies every key, the seal's too
+                    weights, keys = _importance(ckpt, plan, params, inter_path, calibrate=calibrate, imatrix=imatrix,
+                                                loaded=loaded, save_imatrix=save_imatrix)
+                    # copies every key, the seal's too; adds quantize.imatrix.* when calibrated
+                    llama_quantize(inter_path, tmp, ot, threads=threads, imatrix=weights, metadata=keys)
             digest = seal(tmp)
             log.debug("sealed %s: blake2b %s", out.name, digest)
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)

@@ -1,10 +1,12 @@
-"""Output types, the per-tensor type policy (pure), row-chunk encoding, and llama.cpp's K-quant step.
+"""Output types, the per-tensor type policy (pure), row-chunk encoding, and llama.cpp's quantize step.
 
 * f32 / f16 / bf16 / q8_0 / q4_0 are written here in Python with ``gguf.quants`` (Q8_0 and BF16
   are bit-exact with libggml). The policy is llama.cpp's converter's: 1-D tensors and norms stay
   F32; a tensor whose rows are not a multiple of the block size falls back to F16.
-* K-quants (q4_k_m, q5_k_m, q6_k …) are llama.cpp's own quantizer
-  (``llama_model_quantize`` through llama-cpp-python), run on a lossless intermediate GGUF.
+* K-quants (q4_k_m, q5_k_m, q6_k …) and the i-quants iq4_xs / iq4_nl are llama.cpp's own quantizer
+  (``llama_model_quantize`` through llama-cpp-python), run on a lossless intermediate GGUF. These
+  are the imatrix-aware types: given an importance matrix (:mod:`.calibrate`) the quantizer
+  minimises the error weighted by each input column's mean squared activation.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Mapping
 
 import gguf
 import numpy as np
 
 from qembed_gguf.errors import BackendError, ConversionError, InputError
 
-__all__ = ["OutType", "OUTTYPES", "get_outtype", "choose_type", "predict_type", "encode_rows", "llama_quantize"]
+__all__ = ["OutType", "OUTTYPES", "get_outtype", "choose_type", "predict_type", "encode_rows", "llama_quantize",
+           "llama_quiet"]
 
 log = logging.getLogger(__name__)
 Q = gguf.GGMLQuantizationType
@@ -56,6 +60,10 @@ OUTTYPES: dict[str, OutType] = {t.name: t for t in (
     OutType("q4_k_m", FT.MOSTLY_Q4_K_M, "~4.9 bits/weight, llama.cpp K-quant mix", llama_ftype="LLAMA_FTYPE_MOSTLY_Q4_K_M"),
     OutType("q4_k_s", FT.MOSTLY_Q4_K_S, "~4.6 bits/weight, llama.cpp K-quant", llama_ftype="LLAMA_FTYPE_MOSTLY_Q4_K_S"),
     OutType("q3_k_m", FT.MOSTLY_Q3_K_M, "~3.9 bits/weight, llama.cpp K-quant mix (lossy)", llama_ftype="LLAMA_FTYPE_MOSTLY_Q3_K_M"),
+    OutType("iq4_xs", FT.MOSTLY_IQ4_XS, "~4.3 bits/weight, llama.cpp i-quant (best with --calibrate)",
+            llama_ftype="LLAMA_FTYPE_MOSTLY_IQ4_XS"),
+    OutType("iq4_nl", FT.MOSTLY_IQ4_NL, "~4.5 bits/weight, llama.cpp non-linear 4-bit (best with --calibrate)",
+            llama_ftype="LLAMA_FTYPE_MOSTLY_IQ4_NL"),
 )}
 
 
@@ -166,10 +174,63 @@ def _silenced_stderr(enabled: bool):
         os.close(saved)
 
 
-def llama_quantize(src: Path, dst: Path, outtype: OutType, *, threads: int | None = None) -> None:
-    """Quantize GGUF ``src`` into ``dst`` with llama.cpp's quantizer (K-quants).
+@contextlib.contextmanager
+def llama_quiet():
+    """llama.cpp's log (through llama-cpp-python's logger, and C stderr) muted unless this module
+    logs at DEBUG level."""
+    show = log.isEnabledFor(logging.DEBUG)
+    # llama-cpp-python routes llama.cpp's log through this logger's level; C code may also write
+    # to fd 2 directly, hence both
+    bindings_log = logging.getLogger("llama-cpp-python")
+    saved_level = bindings_log.level
+    bindings_log.setLevel(logging.DEBUG if show else logging.ERROR)
+    try:
+        with _silenced_stderr(not show):
+            yield
+    finally:
+        bindings_log.setLevel(saved_level)
 
-    llama.cpp's per-tensor log (C stderr) is shown only when this module logs at DEBUG level.
+
+def _imatrix_array(llama_cpp, imatrix: Mapping[str, np.ndarray], keep: list):
+    """``imatrix`` as llama.cpp's array of ``llama_model_imatrix_data``, ended by a null name.
+    Every buffer it points into is appended to ``keep`` (alive until the quantizer returns)."""
+    entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()  # zeroed: the terminator
+    for entry, (name, values) in zip(entries, imatrix.items()):
+        data = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+        raw = name.encode()
+        keep += [data, raw]
+        entry.name, entry.size = raw, data.size
+        entry.data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    keep.append(entries)
+    return ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+
+
+def _kv_overrides(llama_cpp, metadata: Mapping[str, str | int], keep: list):
+    """``metadata`` as llama.cpp's key/value overrides (strings and integers; the quantizer writes them
+    into the output, integers as uint32), ended by an empty key."""
+    overrides = (llama_cpp.llama_model_kv_override * (len(metadata) + 1))()
+    for o, (key, value) in zip(overrides, metadata.items()):
+        if len(key.encode()) > 127:
+            raise ConversionError(f"metadata key {key[:40]!r}… is longer than llama.cpp's 127 bytes")
+        o.key = key.encode()
+        if isinstance(value, int) and not isinstance(value, bool):
+            o.tag, o.value.val_i64 = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, value
+        else:  # llama.cpp's 128-byte field, cut at a character boundary
+            o.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            o.value.val_str = str(value).encode()[:127].decode("utf-8", "ignore").encode()
+    keep.append(overrides)
+    return ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+
+
+def llama_quantize(src: Path, dst: Path, outtype: OutType, *, threads: int | None = None,
+                   imatrix: Mapping[str, np.ndarray] | None = None,
+                   metadata: Mapping[str, str | int] | None = None) -> None:
+    """Quantize GGUF ``src`` into ``dst`` with llama.cpp's quantizer (K-quants, i-quants).
+
+    ``imatrix``: GGUF weight name → importance of each input column (float32, the mean squared
+    activation: :meth:`.calibrate.Imatrix.values`), as llama.cpp's ``llama-quantize --imatrix``
+    passes it. ``metadata``: keys to add to ``dst`` (string or integer values). llama.cpp's
+    per-tensor log (C stderr) is shown only when this module logs at DEBUG level.
     """
     try:
         import llama_cpp
@@ -181,17 +242,15 @@ def llama_quantize(src: Path, dst: Path, outtype: OutType, *, threads: int | Non
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or os.cpu_count() or 1
-    show = log.isEnabledFor(logging.DEBUG)
-    # llama-cpp-python routes llama.cpp's log through this logger's level; C code may also write
-    # to fd 2 directly, hence both
-    bindings_log = logging.getLogger("llama-cpp-python")
-    saved_level = bindings_log.level
-    bindings_log.setLevel(logging.DEBUG if show else logging.ERROR)
-    try:
-        with _silenced_stderr(not show):
-            llama_cpp.llama_backend_init()
-            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    finally:
-        bindings_log.setLevel(saved_level)
+    keep: list = []  # the C arrays and every buffer they point into, alive until the call returns
+    if imatrix:
+        params.imatrix = _imatrix_array(llama_cpp, imatrix, keep)
+    if metadata:
+        params.kv_overrides = _kv_overrides(llama_cpp, metadata, keep)
+    with llama_quiet():
+        llama_cpp.llama_backend_init()
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    del keep
     if rc != 0:
-        raise BackendError(f"llama.cpp's quantizer failed with code {rc} while writing {outtype.name} ({dst})")
+        raise BackendError(f"llama.cpp's quantizer failed with code {rc} while writing {outtype.name} ({dst})"
+                           + (" with an importance matrix" if imatrix else ""))

@@ -8,7 +8,8 @@ subclasses the builtin that matches its meaning, so that callers' existing ``exc
     ├── ConversionError(ValueError)          the checkpoint cannot become a correct GGUF
     │   ├── CheckpointFormatError            a safetensors/config/tokenizer file is malformed
     │   ├── UnsupportedModelError            not a Qwen3 (embedding) checkpoint, or a pickle
-    │   └── TensorMismatchError              unknown, missing or wrongly shaped tensor
+    │   ├── TensorMismatchError              unknown, missing or wrongly shaped tensor
+    │   └── CalibrationError                 no importance matrix: bad corpus or imatrix file, wrong type
     ├── OutputExistsError(FileExistsError)   refusing to overwrite without ``force``
     ├── ModelLoadError(OSError)              a GGUF cannot be opened / read / loaded
     │   ├── CorruptModelError                the GGUF header is malformed (field + byte offset)
@@ -37,6 +38,7 @@ __all__ = [
     "CheckpointFormatError",
     "UnsupportedModelError",
     "TensorMismatchError",
+    "CalibrationError",
     "OutputExistsError",
     "ModelLoadError",
     "CorruptModelError",
@@ -107,6 +109,21 @@ class TensorMismatchError(ConversionError):
 
     def __init__(self, message: str, *, tensor: str):
         super().__init__(f"tensor {tensor!r}: {message}")
+        self.tensor = tensor
+
+
+class CalibrationError(ConversionError):
+    """Calibrated quantization cannot go ahead: the corpus is empty or unreadable, an importance-matrix
+    (imatrix) file is malformed or does not fit the model, or the output type cannot use one.
+
+    ``path`` is the corpus or imatrix file and ``tensor`` the imatrix entry at fault, when known.
+    """
+
+    def __init__(self, message: str, *, path: Path | str | None = None, tensor: str | None = None):
+        where = ": ".join(w for w in (str(path) if path is not None else None,
+                                      f"tensor {tensor!r}" if tensor is not None else None) if w)
+        super().__init__(f"{where}: {message}" if where else message)
+        self.path = Path(path) if path is not None else None
         self.tensor = tensor
 
 

@@ -16,31 +16,46 @@ from ._common import library_errors, main, setup_logging
 @click.argument("src")
 @click.option("--outtype", "-t", default="q8_0", show_default=True,
               type=click.Choice(list(OUTTYPES), case_sensitive=False),
-              help="Output type: f32/f16/bf16/q8_0/q4_0 written in Python; K-quants by llama.cpp's quantizer.")
+              help="Output type: f32/f16/bf16/q8_0/q4_0 written in Python; K-quants and i-quants by llama.cpp's "
+                   "quantizer.")
 @click.option("--outfile", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Output .gguf path [default: ./<name>-<OUTTYPE>.gguf].")
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) for hub ids.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for llama.cpp's quantizer.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary, warnings only.")
+@click.option("--calibrate", "corpus", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="UTF-8 text corpus: quantize with an importance matrix of the model's activations on it "
+                   "(llama.cpp's types only: K-quants, iq4_xs, iq4_nl).")
+@click.option("--imatrix", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Quantize with this GGUF importance matrix (from --save-imatrix or llama-imatrix).")
+@click.option("--save-imatrix", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="With --calibrate: also write the importance matrix (llama.cpp's GGUF imatrix format).")
 @click.pass_context
 @library_errors
-def convert(ctx, src, outtype, outfile, force, revision, threads, quiet):
+def convert(ctx, src, outtype, outfile, force, revision, threads, quiet, corpus, imatrix, save_imatrix):
     """Convert SRC (a checkpoint folder, a model name or a hub id) to GGUF.
 
     \b
     Examples:
       qembed-gguf convert tiny -o tiny.gguf
       qembed-gguf convert Qwen/Qwen3-Embedding-4B --outtype q4_k_m
+      qembed-gguf convert Qwen/Qwen3-Embedding-4B -t iq4_xs --calibrate corpus.txt --save-imatrix 4b.imatrix.gguf
       HF_HUB_OFFLINE=1 qembed-gguf convert ./Qwen3-Embedding-0.6B -t f16
     """
+    from ..converter import check_calibration
     from ..converter import convert as run_convert
+    from ..errors import CalibrationError
     from ..fileinfo import read_gguf_info
     from ..report import render_summary
 
+    try:
+        check_calibration(outtype, calibrate=corpus, imatrix=imatrix, save_imatrix=save_imatrix)
+    except CalibrationError as exc:
+        raise click.UsageError(str(exc)) from None
     setup_logging(ctx.obj["verbose"], quiet)
     out = run_convert(src, outtype=outtype.lower(), outfile=outfile, force=force, revision=revision,
-                      quiet=quiet, threads=threads)
+                      quiet=quiet, threads=threads, calibrate=corpus, imatrix=imatrix, save_imatrix=save_imatrix)
     if not quiet:
         click.echo(render_summary(read_gguf_info(out)))
 
@@ -82,6 +97,10 @@ def info(ctx, file, as_json):
                                               if gi.kind == "reranker" else ""))
         click.echo("integrity: " + ("sealed (qembed-gguf verify FILE checks every byte)" if sealed else
                                     "no seal (not written by qembed-gguf convert; cannot be verified)"))
+        if gi.get("quantize.imatrix.entries_count") is not None:  # what llama-quantize --imatrix records
+            click.echo(f"calibrated: importance matrix of {gi.get('quantize.imatrix.entries_count')} tensors from "
+                       f"{gi.get('quantize.imatrix.dataset', '?')!r}, {gi.get('quantize.imatrix.chunks_count', '?')} "
+                       f"chunks (imatrix {gi.get('quantize.imatrix.file', 'not saved')})")
         if refusal is not None:
             raise refusal  # one line on stderr, exit 1 (library_errors)
     if problems:
@@ -128,8 +147,20 @@ def list_models():
                    f"{output}{note}")
 
 
+# the demo's texts: each query has one right document (its index in DEMO_ANSWERS), the last document none
+DEMO_QUERIES = ["How do I bake bread at home?", "What is a database index?", "Which planet is closest to the sun?"]
+DEMO_DOCUMENTS = [
+    "Mix flour, water, salt and yeast; let the dough rise, then bake it in a hot oven.",
+    "An index is a data structure that lets a database find rows without scanning the whole table.",
+    "Mercury is the smallest planet of the solar system and the nearest one to the sun.",
+    "The violin is a bowed string instrument with four strings.",
+]
+DEMO_ANSWERS = [0, 1, 2]
+
+
 @main.command()
-@click.option("--model", default="tiny", show_default=True, help="Model to demonstrate (bundled tiny: offline).")
+@click.option("--model", default="mini", show_default=True,
+              help="Model to demonstrate (bundled: mini, trained, English; tiny, random weights).")
 @click.pass_context
 @library_errors
 def demo(ctx, model):
@@ -141,13 +172,7 @@ def demo(ctx, model):
     from ..embedder import Embedder
 
     setup_logging(ctx.obj["verbose"], quiet=True)
-    queries = ["How do I bake bread at home?", "什么是向量数据库？"]
-    documents = [
-        "Mix flour, water, salt and yeast; let the dough rise, then bake it at 230 °C.",
-        "A vector database stores embeddings and finds the nearest ones to a query vector.",
-        "東京は日本の首都で、人口は約1400万人です。",
-        "def cosine(a, b): return a @ b / (norm(a) * norm(b))",
-    ]
+    queries, documents = DEMO_QUERIES, DEMO_DOCUMENTS
     with Embedder(model) as e:
         spec = registry.find_spec(model)
         if spec is not None and not spec.semantic:
@@ -160,10 +185,12 @@ def demo(ctx, model):
         click.echo(f"file {e.path.name}: {e.info.file_type}, full dim {e.dim}, MRL dims {e.mrl_min_dim}..{e.dim}, "
                    f"max {e.max_tokens} tokens")
         click.echo(f"queries {q.shape}, documents {d.shape}, float32, L2-normalised")
-        click.echo("cosine similarity (query × document):")
-        click.echo("      " + "  ".join(f"doc{j}" for j in range(len(documents))))
+        click.echo("cosine similarity (query × document); best: the document ranked first")
+        click.echo("      " + "  ".join(f"doc{j}" for j in range(len(documents))) + "  best")
         for i, row in enumerate(q @ d.T):
-            click.echo(f"  q{i}  " + "  ".join(f"{v:+.2f}" for v in row) + f"   {queries[i]}")
+            click.echo(f"  q{i}  " + "  ".join(f"{v:+.2f}" for v in row) + f"  doc{int(np.argmax(row))}  {queries[i]}")
+        for j, text in enumerate(documents):
+            click.echo(f"  doc{j}: {text}")
         small = e.embed_documents(documents, dim=e.mrl_min_dim)
         click.echo(f"MRL: the same documents at dim {e.mrl_min_dim}: shape {small.shape}, norms "
                    f"{np.round(np.linalg.norm(small, axis=1), 3).tolist()}")

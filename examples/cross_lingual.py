@@ -17,8 +17,8 @@ before. (The best chunk rather than ``Embedder(long_inputs="chunk")``, which ave
 document, an average dilutes it, and the best chunk is also the evidence to show in the document's
 own language.)
 
-The bundled ``tiny`` model has random weights: the command runs anywhere, but its rankings are
-meaningless (expect chance level)::
+The bundled ``mini`` model knows only English (it was distilled on English text), so with it the
+command runs anywhere but its cross-lingual rankings are near chance level::
 
     python examples/cross_lingual.py
 
@@ -167,7 +167,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-q", "--query", action="append", default=[],
                         help="a query (repeatable; default: built-in English queries with known topics)")
     parser.add_argument("--task", default=None, help="query instruction (default: the model's own)")
-    parser.add_argument("--model", default="tiny", help="GGUF file, registry name or hub id (default: tiny)")
+    parser.add_argument("--model", default="mini", help="GGUF file, registry name or hub id (default: the bundled mini)")
     parser.add_argument("--dim", type=int, default=None, help="Matryoshka dimension (default: the model's full one)")
     parser.add_argument("-k", "--top-k", type=int, default=5, help="documents shown per query (default 5)")
     parser.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS,

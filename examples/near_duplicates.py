@@ -7,8 +7,8 @@ printed as groups (connected components, found with union-find). Identical lines
 once and always land in the same group; with a real model, lines that differ only in case,
 spacing or punctuation join them.
 
-Run it on the bundled sample (the ``tiny`` model has random weights: it finds the exact
-duplicates, but what else it groups is chance)::
+Run it on the bundled sample with the bundled ``mini`` model (small, English; it finds the exact
+duplicates and groups the lines that differ in case or spacing)::
 
     python examples/near_duplicates.py
 
@@ -140,7 +140,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", nargs="?", type=Path, default=DEFAULT_FILE,
                         help="UTF-8 text file, one text per line (default: the bundled sample)")
-    parser.add_argument("--model", default="tiny", help="GGUF file, registry name or hub id (default: tiny)")
+    parser.add_argument("--model", default="mini", help="GGUF file, registry name or hub id (default: the bundled mini)")
     parser.add_argument("--dim", type=int, default=None,
                         help="Matryoshka dimension (default: the model's smallest, mrl_min_dim)")
     parser.add_argument("--threshold", type=float, default=0.95,

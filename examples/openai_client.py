@@ -9,7 +9,7 @@ Against a running server::
 
 Self-contained (starts a server on a free loopback port with the bundled model, then stops it)::
 
-    python examples/openai_client.py --serve tiny
+    python examples/openai_client.py --serve mini
 
 It embeds documents (float and base64 encodings), a query with the model's instruction through
 the ``input_type`` extension, the same documents at a Matryoshka ``dimensions``, and prints a
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="the server's /v1 URL")
-    where.add_argument("--serve", metavar="MODEL", help="start a local server for MODEL (e.g. tiny) and use it")
+    where.add_argument("--serve", metavar="MODEL", help="start a local server for MODEL (e.g. mini) and use it")
     ap.add_argument("--model", default=None, help="model id the server serves (default: the first of /v1/models)")
     ap.add_argument("--api-key", default=os.environ.get("QEMBED_API_KEY", "unused"),
                     help="the server's --api-key (any string if it has none)")

@@ -21,7 +21,8 @@ the model, the dimension, the chunk settings and the files are unchanged (otherw
 rebuilt).
 
 Run it on the bundled sample documents (English, French, German, Chinese) with the bundled
-``tiny`` model, which runs anywhere but has random weights, so its rankings are meaningless::
+``mini`` model, which runs anywhere; it is small and knows only English, so it ranks the English
+files sensibly and the others by chance::
 
     python examples/semantic_search.py -q "How do volcanoes erupt?" -q "Wie speichert man Strom?"
 
@@ -278,7 +279,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-q", "--query", action="append", default=[], required=True,
                         help="a search query (repeatable)")
     parser.add_argument("-k", "--top-k", type=int, default=5, help="results per query (default 5)")
-    parser.add_argument("--model", default="tiny", help="GGUF file, registry name or hub id (default: tiny)")
+    parser.add_argument("--model", default="mini", help="GGUF file, registry name or hub id (default: the bundled mini)")
     parser.add_argument("--dim", type=int, default=None, help="Matryoshka dimension (default: the model's full one)")
     parser.add_argument("--task", default=None, help="query instruction (default: the model's own)")
     parser.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS,

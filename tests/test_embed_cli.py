@@ -102,7 +102,7 @@ def test_existing_output_and_usage_errors(model, tmp_path):
 
 
 def test_demo_prints_what_a_user_needs():
-    result = CliRunner().invoke(main, ["demo"])
+    result = CliRunner().invoke(main, ["demo", "--model", "tiny"])
     assert result.exit_code == 0, result.output
     for needle in ("RANDOM WEIGHTS", "full dim 256", "cosine similarity", "q0", "doc3", "tokens/s"):
         assert needle in result.output

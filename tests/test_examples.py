@@ -26,7 +26,7 @@ import faiss  # noqa: E402,F401 - the semantic-search example needs faiss-cpu (t
 
 
 def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    # QEMBED_CACHE (set by conftest) makes the subprocess reuse the session's tiny conversion
+    # QEMBED_CACHE (set by conftest) makes the subprocess reuse the session's conversions of the bundled models
     env = {**os.environ, "QEMBED_CACHE": os.environ["QEMBED_CACHE"]}
     return subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)
@@ -42,7 +42,7 @@ def load_example(name: str):
 
 @pytest.fixture(scope="module")
 def embedder():
-    with Embedder("tiny") as e:
+    with Embedder("mini") as e:
         yield e
 
 
@@ -306,7 +306,7 @@ def test_semantic_search_errors(tmp_path):
     proc = run_example("semantic_search", str(tmp_path), "-q", "x", cwd=tmp_path)
     assert proc.returncode == 1 and "no .txt files" in proc.stderr
     proc = run_example("semantic_search", "-q", "x", "--dim", "7", cwd=tmp_path)
-    assert proc.returncode == 1 and "dim must be an integer in [32, 256]" in proc.stderr
+    assert proc.returncode == 1 and "dim must be an integer in [32, 512]" in proc.stderr
     proc = run_example("semantic_search", "-q", "x", "--chunk-tokens", "10", "--overlap", "9", cwd=tmp_path)
     assert proc.returncode == 1 and "overlap=9 is more than" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -518,7 +518,7 @@ def test_cross_lingual_bad_documents(tmp_path):
 
 # -- openai_client.py: the official client against a server the example starts ---------------------
 def test_openai_client_example_against_a_live_server(tmp_path, embedder):
-    proc = run_example("openai_client", "--serve", "tiny", "--api-key", "sk-test", "--dim", "64", cwd=tmp_path)
+    proc = run_example("openai_client", "--serve", "mini", "--api-key", "sk-test", "--dim", "64", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "using local-embedding" in out and "float == base64: True" in out

@@ -34,7 +34,9 @@ def test_no_top_level_convert_module_installed():
              and not f.startswith("../")]
     assert stray == [], stray
     assert "qembed_gguf/converter/checkpoint.py" in files
-    assert "qembed_gguf/models/tiny-qwen3-embedding/model.safetensors" in files
+    for bundled in ("tiny-qwen3-embedding", "mini-qwen3-embedding"):
+        for name in ("model.safetensors", "tokenizer.json", "config.json", "1_Pooling/config.json"):
+            assert f"qembed_gguf/models/{bundled}/{name}" in files, (bundled, name)
     assert "qembed_gguf/CMakePresets.json" in files
     for module in ("server/app.py", "server/service.py", "server/batcher.py", "server/protocol.py",
                    "server/responses.py", "integrations/langchain.py",

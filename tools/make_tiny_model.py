@@ -77,7 +77,9 @@ def corpus(seed: int = 0, n_lines: int = 6000) -> list[str]:
     return lines
 
 
-def train_tokenizer():
+def train_tokenizer(lines: list[str] | None = None, vocab_size: int = VOCAB_SIZE):
+    """A Qwen3-style byte-level BPE of ``vocab_size`` tokens (the 26 added ones included) trained on
+    ``lines`` (default: the seeded synthetic corpus)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
@@ -88,12 +90,12 @@ def train_tokenizer():
     ])
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(QWEN3_ADDED), min_frequency=1, show_progress=False,
+        vocab_size=vocab_size - len(QWEN3_ADDED), min_frequency=1, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[],
     )
-    tok.train_from_iterator(corpus(), trainer)
+    tok.train_from_iterator(corpus() if lines is None else lines, trainer)
     n_bpe = tok.get_vocab_size()
-    if n_bpe != VOCAB_SIZE - len(QWEN3_ADDED):
+    if n_bpe != vocab_size - len(QWEN3_ADDED):
         raise SystemExit(f"corpus too small: BPE vocabulary has {n_bpe} tokens")
     for content, special in QWEN3_ADDED:
         added = AddedToken(content, special=special, normalized=False, single_word=False, lstrip=False, rstrip=False)
@@ -110,6 +112,36 @@ def train_tokenizer():
 
 def tokenizer_config(tok) -> dict:
     return qwen3_tokenizer_config(tok.token_to_id("<|endoftext|>"), model_max_length=131072)
+
+
+def write_side_files(out_dir: Path, tok, *, hidden: int, readme: str) -> None:
+    """(Re)create ``out_dir`` with the tokenizer and the sentence-transformers files of a checkpoint
+    (LAST pooling, normalised, the Qwen3 query prompt), everything but the weights and config.json."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    (out_dir / "1_Pooling").mkdir(parents=True)
+    tok.save(str(out_dir / "tokenizer.json"), pretty=False)
+    write_json = lambda name, obj: (out_dir / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", "utf-8")  # noqa: E731
+    write_json("tokenizer_config.json", tokenizer_config(tok))
+    write_json("modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ])
+    write_json("1_Pooling/config.json", {
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": True, "include_prompt": True,
+    })
+    write_json("sentence_bert_config.json", {"max_seq_length": 8192, "do_lower_case": False})
+    write_json("config_sentence_transformers.json", {
+        "prompts": {"query": f"Instruct: {DEFAULT_TASK}\nQuery:", "document": ""},
+        "default_prompt_name": None, "similarity_fn_name": "cosine",
+    })
+    (out_dir / "2_Normalize").mkdir()
+    (out_dir / "2_Normalize" / ".keep").write_text("")
+    (out_dir / "README.md").write_text(readme, "utf-8")
 
 
 README = """\
@@ -130,32 +162,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from qembed_gguf.synthetic import SHAPES, write_checkpoint
 
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    (out_dir / "1_Pooling").mkdir(parents=True)
     tok = train_tokenizer()
-    tok.save(str(out_dir / "tokenizer.json"), pretty=False)
-    write_json = lambda name, obj: (out_dir / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", "utf-8")  # noqa: E731
-    write_json("tokenizer_config.json", tokenizer_config(tok))
-    write_json("modules.json", [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ])
-    write_json("1_Pooling/config.json", {
-        "word_embedding_dimension": SHAPES["tiny"].hidden, "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": True, "include_prompt": True,
-    })
-    write_json("sentence_bert_config.json", {"max_seq_length": 8192, "do_lower_case": False})
-    write_json("config_sentence_transformers.json", {
-        "prompts": {"query": f"Instruct: {DEFAULT_TASK}\nQuery:", "document": ""},
-        "default_prompt_name": None, "similarity_fn_name": "cosine",
-    })
-    (out_dir / "2_Normalize").mkdir()
-    (out_dir / "2_Normalize" / ".keep").write_text("")
-    (out_dir / "README.md").write_text(README, "utf-8")
+    write_side_files(out_dir, tok, hidden=SHAPES["tiny"].hidden, readme=README)
     write_checkpoint(out_dir, SHAPES["tiny"], tokenizer_from=out_dir, seed=0, name="tiny-qwen3-embedding")
     logging.info("wrote %s", out_dir)
 

@@ -113,6 +113,8 @@ def check_calibration(outtype: str, *, calibrate=None, imatrix=None, save_imatri
                                f"applies to llama.cpp's quantizer types: {aware}")
     if save_imatrix is not None and Path(save_imatrix).is_dir():
         raise OutputExistsError(f"imatrix output {save_imatrix} is a folder; give a file name ending in .gguf")
+    if save_imatrix is not None and not Path(save_imatrix).resolve().parent.is_dir():
+        raise CalibrationError(f"the folder of the imatrix output {save_imatrix} does not exist", path=save_imatrix)
 
 
 def _importance(ckpt: Checkpoint, plan: list[TensorPlan], params: Qwen3Params, vocab_gguf: Path, *,

@@ -1,7 +1,7 @@
 """Importing qembed_gguf from a source checkout, laid out as the repository is.
 
-The repository keeps the converter (``convert/``) and the model specs with the bundled demo
-checkpoint (``models/``) at its top level; a wheel installs them as ``qembed_gguf.converter`` and
+The repository keeps the converter (``convert/``) and the model specs with the bundled
+checkpoints (``models/``) at its top level; a wheel installs them as ``qembed_gguf.converter`` and
 ``qembed_gguf.models`` (pyproject.toml's ``package-dir``). So that ``python -c "import qembed_gguf"``
 (and ``python -m qembed_gguf``, tests, benchmarks) work from the repository root too, without an
 install shadowing anything, this finder maps those two names onto the top-level folders when the

@@ -4,7 +4,7 @@ Two kinds (``kind = "embedding"``, the default, or ``"reranker"``): Qwen3-Embedd
 Qwen3-Reranker share the decoder and differ in what the GGUF adds (pooling, the yes/no head).
 
 The TOML files ship inside the wheel as the data package ``qembed_gguf.models`` (the repository's
-top-level ``models/`` folder), next to the tiny bundled checkpoint used by the offline demo.
+top-level ``models/`` folder), next to the bundled checkpoints (``mini``, trained, for the offline demo; ``tiny``, random, for tests).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _POOLING = {"embedding": "last", "reranker": "rank"}  # llama.cpp's pooling of e
 class ModelSpec:
     """What qembed-gguf knows about one Qwen3-Embedding or Qwen3-Reranker model.
 
-    ``hub_id`` names a Hugging Face repository; ``bundled`` (for the tiny demo model) names a
+    ``hub_id`` names a Hugging Face repository; ``bundled`` (``mini``, ``tiny``) names a
     checkpoint folder shipped inside the package instead. ``kind`` says which of the two the model
     is: an embedding model has a Matryoshka minimum and a query template, a reranker has neither
     but a ``rerank_template`` (the prompt its yes/no head scores, with ``{task}``, ``{query}`` and
@@ -193,7 +193,7 @@ def family_spec(kind: str = "embedding") -> ModelSpec:
 
 
 def bundled_dir(spec: ModelSpec) -> Path:
-    """The folder of a checkpoint shipped inside the package (the tiny demo model)."""
+    """The folder of a checkpoint shipped inside the package (``mini``, ``tiny``)."""
     if spec.bundled is None:
         raise UnknownModelError(f"model {spec.name!r} is not bundled; it comes from the hub as {spec.hub_id!r}")
     path = Path(str(resources.files(_MODELS_PACKAGE).joinpath(spec.bundled)))

@@ -33,7 +33,7 @@ __all__ = ["Qwen3Shape", "SHAPES", "KINDS", "qwen3_config", "tensor_specs", "wri
 KINDS = ("embedding", "reranker")
 
 
-# Shapes used by the tests and benchmarks. "tiny" is the bundled demo model's shape.
+# Shapes used by the tests and benchmarks. "tiny" is the bundled random-weight test model's shape.
 SHAPES = {
     "tiny": Qwen3Shape(hidden=256, layers=2, heads=4, kv_heads=2, head_dim=64, ffn=768, vocab=4096),
     # rows of 96/160 are not multiples of 256: K-quants must fall back, Q8_0/Q4_0 still apply

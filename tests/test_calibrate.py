@@ -371,6 +371,9 @@ def test_option_errors_are_typed_and_early(checkpoints, corpus, saved_imatrix, t
         convert(src, outtype="q4_k_m", outfile=tmp_path / "a.gguf", calibrate=corpus, imatrix=saved_imatrix[1])
     with pytest.raises(CalibrationError, match="needs --calibrate"):
         convert(src, outtype="q4_k_m", outfile=tmp_path / "a.gguf", save_imatrix=tmp_path / "i.gguf")
+    with pytest.raises(CalibrationError, match="folder of the imatrix output .* does not exist"):
+        convert(src, outtype="q4_k_m", outfile=tmp_path / "a.gguf", calibrate=corpus,
+                save_imatrix=tmp_path / "missing" / "i.gguf")
     (tmp_path / "i.gguf").write_bytes(b"keep")
     with pytest.raises(OutputExistsError, match="i.gguf already exists"):
         convert(src, outtype="q4_k_m", outfile=tmp_path / "a.gguf", calibrate=corpus, save_imatrix=tmp_path / "i.gguf")

@@ -25,10 +25,10 @@ from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = load_script(ROOT / "benchmarks" / "mini_quality.py", "mini_quality")
-# what the shipped mini measures at Q8_0 (benchmarks/results/*-mini-quality-*): recall@1 0.027 over the
-# 1,353 held-out queries (chance: 0.0003-0.003), recall@10 0.090 / 0.085 / 0.157 per set; the floors are
-# about 2.5 standard errors below
-RECALL_AT_1 = 0.016
+# what the shipped mini measures at Q8_0 (benchmarks/results/*-mini-quality-*): recall@1 0.023 pooled over
+# the 1,353 held-out queries (31 hits; binomial standard error 0.004; chance 0.0003-0.003), recall@10
+# 0.090 / 0.085 / 0.157 per set; the floors are about 2.5 standard errors below
+RECALL_AT_1 = 0.013
 RECALL_AT_10 = {"wordnet-term": 0.055, "wordnet-example": 0.05, "foldoc-term": 0.08}
 
 
@@ -52,7 +52,7 @@ def vectors(mini_q8, sets) -> dict:
     return METRICS.embed_sets(str(mini_q8), sets)
 
 
-def test_the_bundled_model_is_small_and_trained(mini_dir):
+def test_the_bundled_model_is_small_and_registered(mini_dir):
     spec = registry.get_spec("mini")
     assert spec.semantic and spec.bundled == mini_dir.name and spec.kind == "embedding"
     assert sum(p.stat().st_size for p in mini_dir.rglob("*") if p.is_file()) <= 20_000_000
@@ -80,7 +80,7 @@ def test_matryoshka_truncation_keeps_most_of_the_quality(mini_q8, sets):
             e.embed_query(s["queries"], dim=128), e.embed_documents(s["passages"], dim=128), np.array(s["answers"])))
         tiny = METRICS.retrieval_metrics(METRICS.ranks_of_answers(
             e.embed_query(s["queries"], dim=32), e.embed_documents(s["passages"], dim=32), np.array(s["answers"])))
-    assert small["ndcg@10"] >= 0.85 * full["ndcg@10"], (small, full)
+    assert full["ndcg@10"] >= 0.04 and small["ndcg@10"] >= 0.85 * full["ndcg@10"], (small, full)  # 0.056, 0.057
     assert tiny["ndcg@10"] >= 0.7 * full["ndcg@10"], (tiny, full)
 
 

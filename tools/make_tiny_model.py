@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the bundled demo checkpoint ``models/tiny-qwen3-embedding/`` deterministically.
+"""Regenerate the bundled random-weight test checkpoint ``models/tiny-qwen3-embedding/`` deterministically.
 
     python tools/make_tiny_model.py                 # rewrites models/tiny-qwen3-embedding/
     python tools/make_tiny_model.py --out DIR       # writes the same files into DIR
@@ -150,7 +150,7 @@ README = """\
 Random weights with the real Qwen3-Embedding layout (hidden 256, 2 layers, 4/2 heads, head_dim 64,
 FFN 768) and a real byte-level BPE tokenizer (4,096 tokens, Qwen2 pre-tokenizer, Qwen3 added
 tokens, `<|endoftext|>` appended by a TemplateProcessing post-processor), trained on a synthetic
-multilingual corpus. Its vectors carry NO meaning: it exists so that qembed-gguf's demo and tests
+multilingual corpus. Its vectors carry NO meaning: it exists so that qembed-gguf's tests
 run offline. Regenerate with `python tools/make_tiny_model.py`.
 """
 

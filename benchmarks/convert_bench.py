@@ -84,7 +84,7 @@ def main() -> None:
                 argv = [sys.executable, "-m", "qembed_gguf.cli", "convert", str(full), "-t", outtype, "-o", str(out), "-q"]
             else:
                 argv = [sys.executable, str(ROOT / "tests" / "reference_convert.py"), str(args.llama_cpp_dir),
-                        str(full), "--outtype", outtype, "--outfile", str(out)]
+                        str(full), f"{outtype}={out}"]
             wall, rss = measure(argv)
             size = out.stat().st_size / 1e9
             rows.append({"checkpoint": full.name, "layers": 36, "outtype": outtype, "tool": tool,

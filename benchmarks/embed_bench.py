@@ -546,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         report["workloads"]["types"] = {"texts": len(sweep), "tokens": sweep_tokens, "rounds": 1, "rows": rows,
                                         "flops_per_token": flops}
     if "load" in workloads:
-        report["workloads"]["load"] = load_times(files["q4_k_m"], baseline, threads, args.timeout)
+        report["workloads"]["load"] = load_times(files["q4_k_m"], baseline, threads, args.timeout,
+                                                 rounds=1 if args.smoke else 3)
     if "W2" in workloads:
         w2 = make_texts(count, n2, *w2_range, seed=2)
         w2_tokens = sum(count(t) for t in w2)

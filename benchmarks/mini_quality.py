@@ -80,11 +80,14 @@ def embed_sets(model: str, sets: dict, threads: int | None = None) -> dict[str, 
     """Every set's query and passage vectors from ``model`` (a GGUF file or a registry name)."""
     from qembed_gguf import Embedder
 
-    out = {}
+    out, passages = {}, {}  # sets that share a candidate pool (the two WordNet sets) embed it once
     with Embedder(model, n_threads=threads) as e:
         for name, s in sets.items():
             out[f"{name}/q"] = e.embed_query(s["queries"])
-            out[f"{name}/p"] = e.embed_documents(s["passages"])
+            pool = tuple(s["passages"])
+            if pool not in passages:
+                passages[pool] = e.embed_documents(s["passages"])
+            out[f"{name}/p"] = passages[pool]
     return out
 
 

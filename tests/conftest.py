@@ -54,6 +54,50 @@ def _isolated_caches(tmp_path_factory):
     mp.undo()
 
 
+RUN_CPUS: set[int] = set()  # every CPU the run was given, before an xdist worker is pinned to its share
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker runs on CPUs of its own (a share of this process's affinity
+    mask), so llama.cpp, torch and their subprocesses size their thread pools to that share instead
+    of every worker spinning threads on every core."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not (worker and count and hasattr(os, "sched_setaffinity")):
+        return
+    cpus, index, n = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")), int(count)
+    RUN_CPUS.update(cpus)
+    share = cpus[index % len(cpus)::n] if n <= len(cpus) else [cpus[index % len(cpus)]]
+    os.sched_setaffinity(0, share)
+
+
+@contextlib.contextmanager
+def every_cpu():
+    """This process, and what it starts meanwhile, on every CPU of the run rather than its xdist
+    worker's share (for a Ray instance, whose many processes mostly wait on each other)."""
+    if not RUN_CPUS:
+        yield
+        return
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, RUN_CPUS)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
+# The files that take longest (`pytest --durations=0`), longest first: with a file's tests on one
+# xdist worker, they start first so that the workers finish together. Only the order depends on this
+# list (a stale one costs minutes, never a result); the other files keep their collection order.
+LONGEST_FIRST = ("test_ray.py", "test_bench_smoke.py", "test_mini.py", "test_embedder.py", "test_rerank_convert.py",
+                 "test_examples.py", "test_jobs.py", "test_server.py", "test_fairness.py", "test_calibrate.py",
+                 "test_chunks.py", "test_reranker.py", "test_server_load.py", "test_server_hostile.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests stay in order
+
+
 def pytest_report_header(config):
     return f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
 
@@ -135,28 +179,48 @@ def llama_cpp_dir() -> Path:
 REFERENCE_TYPES = ("f16", "bf16", "q8_0")  # what test_convert_reference compares
 
 
-def _reference_convert(llama_cpp_dir: Path, checkpoint: Path, jobs: dict[str, Path]):
-    """Run llama.cpp's converter once for every ``{outtype: outfile}`` of ``jobs``; yields (type, file)."""
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "reference_convert.py"), str(llama_cpp_dir),
-                           str(checkpoint), *(f"{t}={path}" for t, path in jobs.items())],
+def _reference_convert(llama_cpp_dir: Path, checkpoints: dict[Path, dict[str, Path]]) -> None:
+    """Run llama.cpp's converter, in one process, once for every ``{outtype: outfile}`` of each
+    checkpoint of ``checkpoints``."""
+    args = [str(x) for checkpoint, jobs in checkpoints.items()
+            for x in (checkpoint, *(f"{t}={path}" for t, path in jobs.items()))]
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "reference_convert.py"), str(llama_cpp_dir), *args],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"llama.cpp's converter failed:\n{proc.stderr[-3000:]}"
-    yield from jobs.items()
 
 
 @pytest.fixture(scope="session")
-def reference_converted(checkpoints, llama_cpp_dir, tmp_path_factory):
-    """llama.cpp's converter's file for (shape, outtype); the first request for a shape converts it to
-    every type of REFERENCE_TYPES in one process (one torch import, not one per file)."""
-    out_dir = tmp_path_factory.mktemp("reference")
-    cache: dict[tuple[str, str], Path] = {}
+def run_folder(tmp_path_factory) -> Path:
+    """A folder all the xdist workers of this run share (without xdist, the session's own)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    folder.mkdir(exist_ok=True)
+    return folder
 
+
+def _built_once(jobs: dict[str, Path], build) -> dict[str, Path]:
+    """``jobs`` ({name: file}) after ``build(jobs)`` wrote them, once per run: a worker that asks
+    while another builds waits for it (a lock file), and a build that failed is redone."""
+    from filelock import FileLock
+
+    first = next(iter(jobs.values()))
+    done = first.with_name(first.name + ".done")
+    with FileLock(str(first) + ".lock"):
+        if not done.exists():
+            build(jobs)
+            done.touch()
+    return jobs
+
+
+@pytest.fixture(scope="session")
+def reference_converted(checkpoints, llama_cpp_dir, run_folder):
+    """llama.cpp's converter's file for (shape, outtype); the first request for a shape converts it to
+    every type of REFERENCE_TYPES in one process (one torch import, not one per file), once per run
+    (xdist workers share the files; the checkpoints are seeded, so every worker's are the same)."""
     def get(shape: str, outtype: str) -> Path:
-        if (shape, outtype) not in cache:
-            types = REFERENCE_TYPES if outtype in REFERENCE_TYPES else (outtype,)
-            jobs = {t: out_dir / f"{shape}-{t}.gguf" for t in types}
-            cache.update({(shape, t): path for t, path in _reference_convert(llama_cpp_dir, checkpoints[shape], jobs)})
-        return cache[shape, outtype]
+        types = REFERENCE_TYPES if outtype in REFERENCE_TYPES else (outtype,)
+        jobs = {t: run_folder / f"reference-{shape}-{t}.gguf" for t in types}
+        return _built_once(jobs, lambda j: _reference_convert(llama_cpp_dir, {checkpoints[shape]: j}))[outtype]
 
     return get
 
@@ -327,15 +391,17 @@ def reranker_gguf(reranker_ckpts, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def reranker_reference(reranker_ckpts, llama_cpp_dir, tmp_path_factory):
-    """``get(kind, outtype)``: the same checkpoint converted by llama.cpp's own converter (one
-    process per checkpoint writes every type of RERANK_REFERENCE_TYPES)."""
-    out, cache = tmp_path_factory.mktemp("reranker-reference"), {}
+def reranker_reference(reranker_ckpts, llama_cpp_dir, run_folder):
+    """``get(kind, outtype)``: the same checkpoint converted by llama.cpp's own converter, once per
+    run: the first request writes every type of RERANK_REFERENCE_TYPES of both checkpoints in one
+    process."""
+    jobs = {kind: {t: run_folder / f"reranker-reference-{kind}-{t}.gguf" for t in RERANK_REFERENCE_TYPES}
+            for kind in reranker_ckpts}
+    every = {f"{kind}-{t}": path for kind, files in jobs.items() for t, path in files.items()}
 
     def get(kind: str, outtype: str) -> Path:
-        if (kind, outtype) not in cache:
-            jobs = {t: out / f"{kind}-{t}.gguf" for t in RERANK_REFERENCE_TYPES}
-            cache.update({(kind, t): p for t, p in _reference_convert(llama_cpp_dir, reranker_ckpts[kind], jobs)})
-        return cache[kind, outtype]
+        _built_once(every, lambda _: _reference_convert(
+            llama_cpp_dir, {reranker_ckpts[k]: files for k, files in jobs.items()}))
+        return jobs[kind][outtype]
 
     return get

@@ -1,9 +1,11 @@
 """Run llama.cpp's own convert_hf_to_gguf.py (vendored in the llama-cpp-python sdist) as a reference.
 
     python tests/reference_convert.py LLAMA_CPP_DIR MODEL_DIR OUTTYPE=OUT.gguf [OUTTYPE=OUT.gguf ...]
+                                      [MODEL_DIR OUTTYPE=OUT.gguf ...]
 
-Each OUTTYPE=OUT.gguf is one run of the converter (``--outtype OUTTYPE --outfile OUT.gguf``), all in
-this one process: torch and transformers are imported once, not once per file.
+Each OUTTYPE=OUT.gguf is one run of the converter (``--outtype OUTTYPE --outfile OUT.gguf``) on the
+MODEL_DIR before it, all in this one process: torch and transformers are imported once, not once
+per file.
 
 The only change to the reference is the BPE pre-tokenizer detection: it fingerprints the
 tokenizer by hashing the token ids of a probe string, which a synthetic tokenizer cannot match,
@@ -15,7 +17,7 @@ import runpy
 import sys
 from pathlib import Path
 
-root, model = Path(sys.argv[1]), sys.argv[2]
+root = Path(sys.argv[1])
 script = root / "convert_hf_to_gguf.py"
 sys.path.insert(0, str(root))
 sys.path.insert(1, str(root / "gguf-py"))
@@ -23,7 +25,11 @@ sys.path.insert(1, str(root / "gguf-py"))
 from conversion.base import TextModel  # noqa: E402
 
 TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
-for job in sys.argv[3:]:
+model = None
+for job in sys.argv[2:]:
+    if "=" not in job:  # the next checkpoint
+        model = job
+        continue
     outtype, outfile = job.split("=", 1)
     sys.argv = [str(script), model, "--outtype", outtype, "--outfile", outfile]
     runpy.run_path(str(script), run_name="__main__")

@@ -23,6 +23,7 @@ pa = pytest.importorskip("pyarrow")
 
 import pyarrow.parquet as pq  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
+from conftest import every_cpu  # noqa: E402
 
 from qembed_gguf import Embedder  # noqa: E402
 from qembed_gguf.cli import main  # noqa: E402
@@ -40,6 +41,15 @@ TASK = "Given a question, retrieve passages that answer it"
 def _texts(n: int) -> list[str]:
     words = ["graph", "llama", "vector", "Paris", "東京", "Москва", "def f(x): return x", "🚀", "search", "gguf"]
     return [f"doc {i}: " + " ".join(words[(i * k) % len(words)] for k in range(1 + i % 13)) for i in range(n)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _on_every_cpu():
+    """Ray's processes mostly wait on each other: under pytest-xdist this module, and every process it
+    starts (the cluster, its workers, the CLI drivers), runs on every CPU of the run, not one worker's
+    share. Each embedding worker here runs one llama.cpp thread."""
+    with every_cpu():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +185,8 @@ def test_worker_killed_mid_job_loses_and_duplicates_no_row(cluster, gguf, local,
                        row_group_size=30)
     ds, count = read_corpus(str(corpus))
     assert count == n
-    out = embed_dataset(ds, gguf, concurrency=2, num_cpus_per_worker=1, batch_size=8, worker_column="worker",
-                        max_task_retries=3)
+    out = embed_dataset(ds, gguf, concurrency=2, num_cpus_per_worker=1, n_threads=1, batch_size=8,
+                        worker_column="worker", max_task_retries=3)
     _all_minimum_workers_before_work(out)
     outcome: dict = {}
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Iterable, Sequence
 
-from .errors import InputTooLongError, InputTypeError
+from .errors import InputError, InputTooLongError, InputTypeError
 from .layout import CLS_LABELS as LABELS  # the rows of a reranker GGUF's cls.output.weight: ("yes", "no")
 from .validate import check_text, check_text_items
 
@@ -111,7 +111,7 @@ def head_length(content_ids: Sequence[int], head_ids: Sequence[int], *, head_byt
     if list(content_ids[:n]) == list(head_ids):
         return n
     if piece_lengths is None:
-        raise ValueError("head_ids are not a prefix of content_ids and no piece_lengths were given")
+        raise InputError("head_ids are not a prefix of content_ids and no piece_lengths were given")
     end = count = 0
     for length in piece_lengths(content_ids):
         end += length

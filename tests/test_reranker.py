@@ -155,7 +155,7 @@ def test_head_length_falls_back_to_byte_offsets():
     assert prompt.head_length([1, 2, 3, 4], [1, 9], head_bytes=5, piece_lengths=lengths) == 2
     assert prompt.head_length([1, 2, 3, 4], [1, 9], head_bytes=6, piece_lengths=lengths) == 2  # 3 straddles
     assert prompt.head_length([1, 2, 3, 4], [1, 9], head_bytes=9, piece_lengths=lengths) == 3
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="no piece_lengths"):
         prompt.head_length([1, 2], [9], head_bytes=1)
 
 

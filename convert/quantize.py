@@ -23,6 +23,7 @@ from typing import Mapping
 import gguf
 import numpy as np
 
+from qembed_gguf.devices import usable_cpus
 from qembed_gguf.errors import BackendError, ConversionError, InputError
 
 __all__ = ["OutType", "OUTTYPES", "get_outtype", "choose_type", "predict_type", "encode_rows", "llama_quantize",
@@ -241,7 +242,7 @@ def llama_quantize(src: Path, dst: Path, outtype: OutType, *, threads: int | Non
         raise BackendError(f"this llama-cpp-python build has no {outtype.llama_ftype}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
-    params.nthread = threads or os.cpu_count() or 1
+    params.nthread = threads or usable_cpus()  # this process's affinity mask
     keep: list = []  # the C arrays and every buffer they point into, alive until the call returns
     if imatrix:
         params.imatrix = _imatrix_array(llama_cpp, imatrix, keep)

@@ -57,17 +57,19 @@ def _isolated_caches(tmp_path_factory):
 RUN_CPUS: set[int] = set()  # every CPU the run was given, before an xdist worker is pinned to its share
 
 
-def pytest_configure(config):
-    """Under pytest-xdist, each worker runs on CPUs of its own (a share of this process's affinity
-    mask), so llama.cpp, torch and their subprocesses size their thread pools to that share instead
-    of every worker spinning threads on every core."""
+def _pin_worker(n_files: int) -> None:
+    """Under pytest-xdist, this worker on CPUs of its own: a 1/m share of the run's affinity mask, m
+    the workers that get work (xdist stops those beyond the number of files). llama.cpp, torch and
+    the subprocesses started from here size their thread pools to that share instead of every
+    worker spinning threads on every core. (Threads that exist already, OpenBLAS's, keep theirs.)"""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not (worker and count and hasattr(os, "sched_setaffinity")):
+    if not (worker and count and n_files and hasattr(os, "sched_setaffinity")):
         return
-    cpus, index, n = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")), int(count)
+    cpus = sorted(os.sched_getaffinity(0))
+    m = min(int(count), n_files)
+    i = int(worker.removeprefix("gw")) % m  # a restarted worker (gwN, N >= count) takes its slot's share
     RUN_CPUS.update(cpus)
-    share = cpus[index % len(cpus)::n] if n <= len(cpus) else [cpus[index % len(cpus)]]
-    os.sched_setaffinity(0, share)
+    os.sched_setaffinity(0, cpus[i::m] if m <= len(cpus) else [cpus[i % len(cpus)]])
 
 
 @contextlib.contextmanager
@@ -93,9 +95,11 @@ LONGEST_FIRST = ("test_ray.py", "test_bench_smoke.py", "test_mini.py", "test_emb
                  "test_chunks.py", "test_reranker.py", "test_server_load.py", "test_server_hostile.py")
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselected theirs
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests stay in order
+    _pin_worker(len({item.path for item in items}))
 
 
 def pytest_report_header(config):
@@ -201,7 +205,8 @@ def run_folder(tmp_path_factory) -> Path:
 
 def _built_once(jobs: dict[str, Path], build) -> dict[str, Path]:
     """``jobs`` ({name: file}) after ``build(jobs)`` wrote them, once per run: a worker that asks
-    while another builds waits for it (a lock file), and a build that failed is redone."""
+    while another builds waits for it (a lock file), and a build that did not finish is redone over
+    what it left (builds overwrite)."""
     from filelock import FileLock
 
     first = next(iter(jobs.values()))
@@ -344,7 +349,7 @@ def realvocab_gguf(realvocab_ckpt, run_folder):
     def get(outtype: str):
         path = run_folder / f"rv-{outtype}.gguf"
         return _built_once({outtype: path}, lambda _: convert(realvocab_ckpt, outtype=outtype, outfile=path,
-                                                              quiet=True))[outtype]
+                                                              force=True, quiet=True))[outtype]
 
     return get
 
@@ -380,7 +385,7 @@ def reranker_gguf(reranker_ckpts, run_folder):
     def get(kind: str, outtype: str) -> Path:
         path = run_folder / f"{kind}-qwen3-reranker-{outtype}.gguf"
         return _built_once({outtype: path}, lambda _: convert(reranker_ckpts[kind], outtype=outtype, outfile=path,
-                                                              quiet=True))[outtype]
+                                                              force=True, quiet=True))[outtype]
 
     return get
 

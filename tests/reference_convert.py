@@ -30,6 +30,8 @@ for job in sys.argv[2:]:
     if "=" not in job:  # the next checkpoint
         model = job
         continue
+    if model is None:
+        raise SystemExit(f"usage: {__doc__.strip().splitlines()[2].strip()}  ({job!r} comes before any MODEL_DIR)")
     outtype, outfile = job.split("=", 1)
     sys.argv = [str(script), model, "--outtype", outtype, "--outfile", outfile]
     runpy.run_path(str(script), run_name="__main__")

@@ -156,7 +156,7 @@ def test_break_quality_and_planner():
 
 
 def test_real_vocabulary_pieces_spell_the_text(realvocab_gguf):
-    with Embedder(realvocab_gguf("f16"), n_threads=2) as e:
+    with Embedder(realvocab_gguf("f16")) as e:
         for text in MULTILINGUAL:
             ids = e.tokenize(text)[0][:-1]
             assert sum(e.piece_lengths(ids)) == len(unicodedata.normalize("NFC", text).encode("utf-8"))

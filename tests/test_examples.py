@@ -235,7 +235,7 @@ def test_semantic_search_rerank(tmp_path, embedder, reranker_q8_gguf, semantic_s
     assert text.returncode == 0, text.stderr
     header, *rows = text.stdout.rstrip("\n").splitlines()
     assert header == f"query: {queries[0]}" and len(rows) == 4
-    with Reranker(reranker_q8_gguf, n_threads=2) as reranker:
+    with Reranker(reranker_q8_gguf) as reranker:
         want = rerank_reference(semantic_search, embedder, reranker, queries, retrieve=12, k=3,  # 12: 4 x -k
                                 per_file=True)
         [every] = rerank_reference(semantic_search, embedder, reranker, queries[:1], retrieve=6, k=4, per_file=False,

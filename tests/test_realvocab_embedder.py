@@ -61,7 +61,7 @@ def hf(realvocab_ckpt):
 def embedder_f16(realvocab_gguf):
     from qembed_gguf import Embedder
 
-    with Embedder(realvocab_gguf("f16"), n_threads=2) as e:
+    with Embedder(realvocab_gguf("f16")) as e:
         yield e
 
 
@@ -86,7 +86,7 @@ def test_vectors_match_transformers(outtype, realvocab_gguf, hf):
     ref = np.stack([ref_vector(t) for t in texts])
     off_diagonal = (ref @ ref.T)[np.triu_indices(len(texts), 1)]
     assert off_diagonal.mean() < 0.5, "reference vectors too alike to test anything"
-    with Embedder(realvocab_gguf(outtype), n_threads=2) as e:
+    with Embedder(realvocab_gguf(outtype)) as e:
         got = e.embed(texts).astype(np.float64)
     cos = np.sum(got * ref, axis=1)
     assert cos.min() >= THRESHOLDS[outtype], dict(zip((t[:20] for t in texts), np.round(cos, 6)))
@@ -109,7 +109,7 @@ def test_long_inputs_over_several_micro_batches(realvocab_gguf, hf):
     _, ref_vector = hf
     texts = [t for t in MULTILINGUAL if t] + [" ".join(MULTILINGUAL[:12]) * 4]
     ref = np.stack([ref_vector(t) for t in texts])
-    with Embedder(realvocab_gguf("f16"), n_threads=2, n_ubatch=32, max_tokens=4096) as e:
+    with Embedder(realvocab_gguf("f16"), n_ubatch=32, max_tokens=4096) as e:
         lengths = e.count_tokens(texts)
         assert max(lengths) > 24 * 32
         one_call = e.embed(texts, batch_tokens=4096)

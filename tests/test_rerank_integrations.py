@@ -40,7 +40,7 @@ def reranker_q8_gguf(reranker_gguf) -> Path:
 
 @pytest.fixture(scope="module")
 def reranker(reranker_q8_gguf):
-    with Reranker(reranker_q8_gguf, n_threads=2) as r:
+    with Reranker(reranker_q8_gguf) as r:
         yield r
 
 
@@ -207,7 +207,7 @@ def test_shared_reranker_is_not_closed(reranker, adapter_cls):
 
 def test_owned_reranker_is_closed(reranker_q8_gguf, adapter_cls):
     cls, use = adapter_cls
-    adapter = cls(reranker_q8_gguf, max_tokens=256, n_threads=2)  # Reranker options go to the Reranker it opens
+    adapter = cls(reranker_q8_gguf, max_tokens=256, n_threads=1)  # Reranker options go to the Reranker it opens
     assert adapter.reranker.max_tokens == 256 and not adapter.reranker.closed
     with adapter:
         assert len(use(adapter)) == 1
@@ -215,7 +215,7 @@ def test_owned_reranker_is_closed(reranker_q8_gguf, adapter_cls):
     with pytest.raises(InputError, match="closed"):
         use(adapter)
     adapter.close()  # idempotent
-    other = cls(str(reranker_q8_gguf), n_threads=2)
+    other = cls(str(reranker_q8_gguf), n_threads=1)
     other.close()  # close() alone, no context manager
     assert other.reranker.closed
 

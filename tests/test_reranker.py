@@ -61,7 +61,7 @@ def rerankers(reranker_gguf):
     def get(kind: str, outtype: str, **kwargs) -> Reranker:
         key = (kind, outtype, tuple(sorted(kwargs.items())))
         if key not in opened:
-            opened[key] = Reranker(reranker_gguf(kind, outtype), n_threads=2, **kwargs)
+            opened[key] = Reranker(reranker_gguf(kind, outtype), **kwargs)
         return opened[key]
 
     yield get
@@ -178,7 +178,7 @@ def test_scores_match_transformers(kind, outtype, rerankers, hf):
 
 def test_a_file_from_llamas_converter_scores_the_same(reranker_reference, rerankers):
     """A community file (llama.cpp's convert_hf_to_gguf.py: no qembed.* keys) is read as ours is."""
-    with Reranker(reranker_reference("untied", "q8_0"), n_threads=2) as theirs:
+    with Reranker(reranker_reference("untied", "q8_0")) as theirs:
         for q, docs, i in CASES[:2]:
             np.testing.assert_allclose(theirs.score(q, docs, instruction=i),
                                        rerankers("untied", "q8_0").score(q, docs, instruction=i), rtol=0, atol=1e-6)

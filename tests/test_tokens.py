@@ -57,7 +57,7 @@ def tiny_hf():
 
 @pytest.fixture(scope="module")
 def real(realvocab_gguf):
-    with Embedder(realvocab_gguf("f16"), n_threads=2) as e:
+    with Embedder(realvocab_gguf("f16")) as e:
         yield e
 
 

@@ -78,16 +78,13 @@ def prepare(work: Path, files: list[tuple[str, str]], deadline: float) -> dict:
 
 def quantize_from_f16(f16: Path, dest: Path, quant: str, threads: int | None = None) -> None:
     """``quant`` by llama.cpp's quantizer from the (lossless) F16 file, sealed as the converter seals."""
-    from qembed_gguf.converter.quantize import OutType, get_outtype, llama_quantize
+    from qembed_gguf.atomic import atomic_path
+    from qembed_gguf.converter.quantize import get_outtype, llama_quantize
     from qembed_gguf.integrity import seal
 
-    ot = get_outtype(quant)
-    if not ot.by_llama:
-        ot = OutType(quant, ot.file_type, ot.description, llama_ftype=f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
-    partial = dest.with_name(dest.name + ".partial")
-    llama_quantize(f16, partial, ot, threads=threads)
-    seal(partial)
-    partial.rename(dest)
+    with atomic_path(dest) as tmp:
+        llama_quantize(f16, tmp, get_outtype(quant), threads=threads)
+        seal(tmp)
 
 
 # -- NVML ------------------------------------------------------------------------------------------------------

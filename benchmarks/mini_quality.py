@@ -76,19 +76,25 @@ def load_sets(path: Path = HELDOUT) -> dict:
 
 
 # -- one file, in its own process --------------------------------------------------------------------
+def set_vectors(sets: dict, queries, passages) -> dict[str, np.ndarray]:
+    """Every set's ``{name}/q`` and ``{name}/p`` vectors from the ``queries`` and ``passages``
+    encoders; sets that share a candidate pool (the two WordNet sets) encode it once."""
+    out, pools = {}, {}
+    for name, s in sets.items():
+        out[f"{name}/q"] = queries(s["queries"])
+        pool = tuple(s["passages"])
+        if pool not in pools:
+            pools[pool] = passages(s["passages"])
+        out[f"{name}/p"] = pools[pool]
+    return out
+
+
 def embed_sets(model: str, sets: dict, threads: int | None = None) -> dict[str, np.ndarray]:
     """Every set's query and passage vectors from ``model`` (a GGUF file or a registry name)."""
     from qembed_gguf import Embedder
 
-    out, passages = {}, {}  # sets that share a candidate pool (the two WordNet sets) embed it once
     with Embedder(model, n_threads=threads) as e:
-        for name, s in sets.items():
-            out[f"{name}/q"] = e.embed_query(s["queries"])
-            pool = tuple(s["passages"])
-            if pool not in passages:
-                passages[pool] = e.embed_documents(s["passages"])
-            out[f"{name}/p"] = passages[pool]
-    return out
+        return set_vectors(sets, e.embed_query, e.embed_documents)
 
 
 def _worker(model: str, out: str, threads: int) -> None:
@@ -110,8 +116,7 @@ def teacher_vectors(sets: dict) -> dict[str, np.ndarray]:
 
     st = SentenceTransformer(str(teacher_folder()), device="cpu")
     enc = lambda texts: st.encode(texts, batch_size=128, normalize_embeddings=True, show_progress_bar=False)  # noqa: E731
-    return {k: enc(s["queries"] if k.endswith("/q") else s["passages"])
-            for name, s in sets.items() for k in (f"{name}/q", f"{name}/p")}
+    return set_vectors(sets, enc, enc)
 
 
 def evaluate(vecs: dict, sets: dict) -> dict:

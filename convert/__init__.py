@@ -15,7 +15,7 @@ from pathlib import Path
 
 from qembed_gguf import __version__, registry
 from qembed_gguf.atomic import temporary_path
-from qembed_gguf.errors import CalibrationError, OutputExistsError
+from qembed_gguf.errors import CalibrationError
 from qembed_gguf.integrity import seal
 
 from . import calibrate as _calibrate
@@ -26,7 +26,7 @@ from .quantize import OUTTYPES, OutType, choose_type, encode_rows, get_outtype, 
 from .rerank import checkpoint_kind
 from .source import Source, resolve_source
 from .tokenizer import read_vocab
-from .writer import TensorOut, atomic_output, write_gguf
+from .writer import TensorOut, atomic_output, check_output, write_gguf
 
 __all__ = ["convert", "OUTTYPES", "default_outfile", "check_calibration"]
 
@@ -100,8 +100,9 @@ def _write_python(ckpt: Checkpoint, plan: list[TensorPlan], params: Qwen3Params,
             bar.close()
 
 
-def check_calibration(outtype: str, *, calibrate=None, imatrix=None, save_imatrix=None) -> None:
-    """Refuse calibration options that cannot go together (before any work): :class:`CalibrationError`."""
+def check_calibration(outtype: str, *, calibrate=None, imatrix=None, save_imatrix=None, force: bool = False) -> None:
+    """Refuse calibration options that cannot go together (before any work): :class:`CalibrationError`;
+    an imatrix output that exists (unless ``force``) or is a folder: :class:`OutputExistsError`."""
     ot = get_outtype(outtype)
     if calibrate is not None and imatrix is not None:
         raise CalibrationError("give a corpus to calibrate on (--calibrate) or an imatrix file (--imatrix), not both")
@@ -111,14 +112,12 @@ def check_calibration(outtype: str, *, calibrate=None, imatrix=None, save_imatri
         aware = ", ".join(t.name for t in OUTTYPES.values() if t.by_llama)
         raise CalibrationError(f"{ot.name} is written in Python and is not imatrix-aware; an importance matrix "
                                f"applies to llama.cpp's quantizer types: {aware}")
-    if save_imatrix is not None and Path(save_imatrix).is_dir():
-        raise OutputExistsError(f"imatrix output {save_imatrix} is a folder; give a file name ending in .gguf")
-    if save_imatrix is not None and not Path(save_imatrix).resolve().parent.is_dir():
-        raise CalibrationError(f"the folder of the imatrix output {save_imatrix} does not exist", path=save_imatrix)
+    if save_imatrix is not None:
+        check_output(Path(save_imatrix), force=force, what="imatrix output", missing=CalibrationError)
 
 
 def _importance(ckpt: Checkpoint, plan: list[TensorPlan], params: Qwen3Params, vocab_gguf: Path, *,
-                calibrate, imatrix, loaded: _calibrate.Imatrix | None, save_imatrix):
+                calibrate, imatrix, loaded: _calibrate.Imatrix | None, save_imatrix, force: bool):
     """The importance matrix and the output keys that record it, or (None, None) for stock quantization."""
     if loaded is None and calibrate is None:
         return None, None
@@ -127,7 +126,7 @@ def _importance(ckpt: Checkpoint, plan: list[TensorPlan], params: Qwen3Params, v
         loaded = _calibrate.compute_imatrix(ckpt, {p.gguf_name: p.hf_name for p in plan}, params, chunks,
                                             dataset=Path(calibrate).name)
         if save_imatrix is not None:  # saved at once: a failed quantization can be retried with --imatrix
-            _calibrate.save_imatrix(loaded, save_imatrix)
+            _calibrate.save_imatrix(loaded, save_imatrix, force=force)
     keys = _calibrate.quantize_metadata(loaded, file=imatrix if imatrix is not None else save_imatrix)
     log.info("quantizing with an importance matrix of %d tensors from %s", len(loaded),
              keys.get("quantize.imatrix.dataset", "an unnamed dataset"))
@@ -178,10 +177,7 @@ def convert(
         options with a Python-written type; OutputExistsError when ``outfile`` (or ``save_imatrix``)
         exists and not ``force``. No partial file is left behind.
     """
-    check_calibration(outtype, calibrate=calibrate, imatrix=imatrix, save_imatrix=save_imatrix)
-    if save_imatrix is not None and Path(save_imatrix).exists() and not force:
-        raise OutputExistsError(f"imatrix output {save_imatrix} already exists; pass --force (force=True) to "
-                                f"overwrite it")
+    check_calibration(outtype, calibrate=calibrate, imatrix=imatrix, save_imatrix=save_imatrix, force=force)
     if calibrate is not None and not Path(calibrate).is_file():
         raise CalibrationError("the calibration corpus is not a file", path=calibrate)
     loaded = _calibrate.load_imatrix(imatrix) if imatrix is not None else None
@@ -215,7 +211,7 @@ def convert(
                 with temporary_path(out.parent, out.name + "." + inter.name) as inter_path:
                     _write_python(ckpt, plan, params, vocab, info, inter, inter_path, quiet=quiet)
                     weights, keys = _importance(ckpt, plan, params, inter_path, calibrate=calibrate, imatrix=imatrix,
-                                                loaded=loaded, save_imatrix=save_imatrix)
+                                                loaded=loaded, save_imatrix=save_imatrix, force=force)
                     # copies every key, the seal's too; adds quantize.imatrix.* when calibrated
                     llama_quantize(inter_path, tmp, ot, threads=threads, imatrix=weights, metadata=keys)
             digest = seal(tmp)

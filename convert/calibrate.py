@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import time
 import unicodedata
 from pathlib import Path
@@ -40,6 +39,7 @@ from qembed_gguf.errors import BackendError, CalibrationError
 
 from .checkpoint import Checkpoint
 from .mapping import Qwen3Params
+from .quantize import BLOCK_WEIGHT
 
 __all__ = ["Imatrix", "CHUNK_TOKENS", "MAX_CHUNKS", "MATMUL_INPUTS", "matmul_weights", "split_chunks",
            "tokenize_corpus", "decoder_layer", "rope_tables", "compute_imatrix", "check_imatrix",
@@ -52,7 +52,6 @@ MAX_CHUNKS = 64      # at most this many chunks (32,768 tokens) are read from a 
 #: the input each matmul weight of a block multiplies, by GGUF weight kind (llama.cpp's graph)
 MATMUL_INPUTS = {"attn_q": "attn_in", "attn_k": "attn_in", "attn_v": "attn_in", "attn_output": "attn_out",
                  "ffn_gate": "ffn_in", "ffn_up": "ffn_in", "ffn_down": "ffn_act"}
-_WEIGHT = re.compile(r"blk\.(\d+)\.(\w+)\.weight$")
 _READ_BLOCK = 1 << 20
 
 
@@ -86,7 +85,7 @@ def matmul_weights(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
     """GGUF name → input columns of every block matmul weight an imatrix covers (``shapes``: GGUF
     name → HF-order shape, e.g. from the converter's plan)."""
     return {name: shape[-1] for name, shape in shapes.items()
-            if (m := _WEIGHT.match(name)) and m.group(2) in MATMUL_INPUTS and len(shape) == 2}
+            if (m := BLOCK_WEIGHT.match(name)) and m.group(2) in MATMUL_INPUTS and len(shape) == 2}
 
 
 # -- the corpus ------------------------------------------------------------------------------------
@@ -341,10 +340,11 @@ def check_imatrix(imatrix: Imatrix, shapes: Mapping[str, tuple[int, ...]], *, pa
 
 
 # -- llama.cpp's GGUF imatrix file ------------------------------------------------------------------------
-def save_imatrix(imatrix: Imatrix, path: str | os.PathLike[str]) -> Path:
-    """Write ``imatrix`` as llama.cpp's GGUF imatrix file (atomically: whole or not at all)."""
+def save_imatrix(imatrix: Imatrix, path: str | os.PathLike[str], *, force: bool = True) -> Path:
+    """Write ``imatrix`` as llama.cpp's GGUF imatrix file (atomically: whole or not at all; a file
+    that appears meanwhile is kept unless ``force``: OutputExistsError)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=force) as tmp:
         writer = gguf.GGUFWriter(tmp, "imatrix")
         try:
             writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)  # llama-imatrix writes none

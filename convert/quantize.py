@@ -31,6 +31,7 @@ __all__ = ["OutType", "OUTTYPES", "get_outtype", "choose_type", "predict_type", 
 
 log = logging.getLogger(__name__)
 Q = gguf.GGMLQuantizationType
+BLOCK_WEIGHT = re.compile(r"blk\.(\d+)\.(\w+)\.weight$")  # a block's matrix: (layer, kind)
 FT = gguf.LlamaFileType
 
 
@@ -130,7 +131,7 @@ def predict_type(gguf_name: str, shape: tuple[int, ...], outtype: OutType, *, n_
     cols = shape[-1]
     if gguf_name == "token_embd.weight":
         return Q.Q6_K if cols % 256 == 0 else Q.Q8_0
-    m = re.match(r"blk\.(\d+)\.(\w+)\.weight$", gguf_name)
+    m = BLOCK_WEIGHT.match(gguf_name)
     kind = m.group(2) if m else ""
     if kind in ("attn_v", "ffn_down"):
         qtype = more if _more_bits(int(m.group(1)), n_layer) else (attn_v if kind == "attn_v" else ffn_down)

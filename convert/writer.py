@@ -39,19 +39,26 @@ class TensorOut:
         return tensor_nbytes(self.qtype, self.shape)
 
 
+def check_output(final: Path, *, force: bool, what: str = "output", missing=ConversionError) -> None:
+    """Refuse, before any work, an output file ``final`` that is a folder, that exists (unless
+    ``force``: OutputExistsError), or whose folder does not exist (``missing``)."""
+    final = Path(final)
+    if final.is_dir():
+        raise OutputExistsError(f"{what} {final} is a folder; give a file name ending in .gguf")
+    if final.exists() and not force:
+        raise OutputExistsError(f"{what} {final} already exists; pass --force (force=True) to overwrite it")
+    if not final.resolve().parent.is_dir():
+        raise missing(f"the folder of the {what} {final} does not exist")
+
+
 @contextlib.contextmanager
 def atomic_output(final: Path, *, force: bool) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; on success fsync it and rename it to ``final``.
 
-    Refuses (before any work) to replace an existing ``final`` unless ``force``.
+    Refuses (before any work) to replace an existing ``final`` unless ``force`` (:func:`check_output`).
     """
     final = Path(final)
-    if final.is_dir():
-        raise OutputExistsError(f"output {final} is a folder; give a file name ending in .gguf")
-    if final.exists() and not force:
-        raise OutputExistsError(f"output {final} already exists; pass --force (force=True) to overwrite it")
-    if not final.parent.is_dir():
-        raise ConversionError(f"output folder {final.parent} does not exist")
+    check_output(final, force=force)
     with atomic_path(final, overwrite=force) as tmp:
         yield tmp
 

@@ -141,6 +141,23 @@ def test_corpus_that_is_not_utf8_names_the_byte(converted, tmp_path):
         cal.tokenize_corpus(corpus, converted("tiny", "bf16"))
 
 
+def test_corpus_read_in_small_blocks_is_the_whole_text_and_offsets_count_from_the_file(monkeypatch, converted,
+                                                                                       corpus, tmp_path):
+    """Blocks of 7 bytes: lines carried over between blocks come back whole (BOM stripped), a line
+    longer than 16 blocks is cut between characters, and a bad byte many blocks in is named by
+    its offset in the file."""
+    monkeypatch.setattr(cal, "_READ_BLOCK", 7)
+    assert "".join(cal._corpus_texts(corpus)) == corpus.read_text("utf-8")
+    long = tmp_path / "long.txt"
+    long.write_bytes(b"\xef\xbb\xbf" + "a 東京".encode() * 50 + b"\nend\n")  # 400 bytes in one line
+    assert "".join(cal._corpus_texts(long)) == "a 東京" * 50 + "\nend\n"  # no cut inside a character
+    head = b"\xef\xbb\xbf" + b"".join(f"line {i}\n".encode() for i in range(20))
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(head + b"abc\xff tail\n")
+    with pytest.raises(CalibrationError, match=rf"not UTF-8 text \(byte offset {len(head) + 3}\)"):
+        cal.tokenize_corpus(bad, converted("tiny", "bf16"))
+
+
 # -- the numpy forward against HF transformers -------------------------------------------------------------
 @pytest.mark.parametrize("shape", ["tiny", "odd"])
 def test_matmul_inputs_and_imatrix_match_transformers(shape, models, chunks, checkpoints):

@@ -202,8 +202,8 @@ def test_a_rehearsal_report_says_so_and_stays_out_of_the_results_names(tmp_path)
 
 def test_a_gpu_report_names_the_device_and_records_each_measurement(tmp_path):
     run = _run_dir(tmp_path, gpu=True)
-    BENCH.main(["report", "--mode", "cuda", "--run-dir", str(run), "--results", str(tmp_path / "out"),
-                "--kit", str(tmp_path), "--elapsed", "498"])
+    assert BENCH.main(["report", "--mode", "cuda", "--run-dir", str(run), "--results", str(tmp_path / "out"),
+                       "--kit", str(tmp_path), "--elapsed", "498"]) == 0
     (md,) = (tmp_path / "out").glob("*.md")
     assert md.name.endswith("-gpu-nvidia-h200.md")
     rep = json.loads(md.with_suffix(".json").read_text())

@@ -43,8 +43,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mini_corpus  # noqa: E402
-from make_tiny_model import DEFAULT_TASK, train_tokenizer, write_side_files  # noqa: E402
+from make_tiny_model import train_tokenizer, write_side_files  # noqa: E402
 
+from qembed_gguf import registry  # noqa: E402
 from qembed_gguf.layout import Qwen3Shape  # noqa: E402
 from qembed_gguf.synthetic import _f32_to_bf16_bits, qwen3_config, tensor_specs, write_safetensors  # noqa: E402
 
@@ -55,7 +56,6 @@ CACHE = ROOT / ".cache" / "mini"
 HELDOUT = ROOT / "tests" / "data" / "mini_heldout.json"
 SHAPE = Qwen3Shape(hidden=512, layers=3, heads=8, kv_heads=2, head_dim=64, ffn=768, vocab=8192)
 MRL_DIMS = (32, 64, 128, 256, 384, 512)
-QUERY = "Instruct: {task}\nQuery:{text}"
 TEACHER_DIM = 384
 
 README = """\
@@ -96,7 +96,7 @@ def prepare(args) -> tuple[list[str], list[str], np.ndarray, list[str]]:
     if cache.exists():
         z = np.load(cache, allow_pickle=False)
         log.info("teacher vectors from %s", cache)
-        return list(z["passages"]), list(z["names"]), z["vectors"], all_passages + all_names
+        return passages, names, z["vectors"], all_passages + all_names  # the cache key fixes the sample
     from sentence_transformers import SentenceTransformer
 
     teacher = SentenceTransformer(str(args.teacher), device="cpu")
@@ -105,7 +105,7 @@ def prepare(args) -> tuple[list[str], list[str], np.ndarray, list[str]]:
                              show_progress_bar=False, convert_to_numpy=True).astype(np.float32)
     log.info("teacher: %d texts in %.0f s", len(vectors), time.perf_counter() - start)
     CACHE.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, passages=np.array(passages), names=np.array(names), vectors=vectors)
+    np.savez(cache, vectors=vectors)
     return passages, names, vectors, all_passages + all_names
 
 
@@ -120,9 +120,10 @@ def teacher_folder(folder: Path = CACHE / "teacher") -> Path:
     return folder
 
 
-def teacher_projection(seed: int = 0) -> np.ndarray:
-    """R (hidden × 384, orthonormal columns): the student learns R·t for the teacher's vector t."""
-    return np.linalg.qr(np.random.default_rng(seed).standard_normal((SHAPE.hidden, TEACHER_DIM)))[0]
+def teacher_projection() -> np.ndarray:
+    """R (hidden × 384, orthonormal columns, fixed whatever --seed): the student learns R·t for the
+    teacher's vector t, and benchmarks/mini_quality.py maps the student back with the same R."""
+    return np.linalg.qr(np.random.default_rng(0).standard_normal((SHAPE.hidden, TEACHER_DIM)))[0]
 
 
 def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -142,7 +143,7 @@ def train(args, tok, passages, names, vectors):
                             if k not in ("architectures", "torch_dtype")})
     config._attn_implementation = "sdpa"
     model = Qwen3Model(config).train()
-    proj = teacher_projection(args.seed)
+    proj = teacher_projection()
     targets = torch.from_numpy((vectors @ proj.T).astype(np.float32))     # R·t, unit norm
     n_pass = len(passages)
     texts = passages + names
@@ -151,7 +152,7 @@ def train(args, tok, passages, names, vectors):
     examples += [(i, True) for i in range(n_pass, len(texts))]
     examples += [(i, True) for i in range(n_pass) if len(texts[i]) < 120 and random.Random(i).random() < 0.3]
     ids_doc = [e.ids[: args.max_tokens - 1] + [eos] for e in tok.encode_batch(texts, add_special_tokens=False)]
-    q_texts = [QUERY.format(task=DEFAULT_TASK, text=t) for t in texts]
+    q_texts = [registry.get_spec("mini").format_query(t) for t in texts]  # what Embedder.embed_query sends
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng = random.Random(args.seed)
     start = time.perf_counter()

@@ -50,7 +50,7 @@ def convert(ctx, src, outtype, outfile, force, revision, threads, quiet, corpus,
     from ..report import render_summary
 
     try:
-        check_calibration(outtype, calibrate=corpus, imatrix=imatrix, save_imatrix=save_imatrix)
+        check_calibration(outtype, calibrate=corpus, imatrix=imatrix, save_imatrix=save_imatrix, force=force)
     except CalibrationError as exc:
         raise click.UsageError(str(exc)) from None
     setup_logging(ctx.obj["verbose"], quiet)
